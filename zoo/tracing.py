@@ -1,0 +1,208 @@
+"""Evaluating a Pyro model at many posterior draws at once.
+
+Everything after inference needs the model run at S draws: deterministic sites, pointwise
+log-likelihood, posterior predictive. A plate-correct model can do all S in one pass under an
+extra outermost ``pyro.plate``; we try that first, check its first draw against a plain run, and
+fall back to a loop over draws (slow but right) for models that cannot be vectorised.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import prune_subsample_sites
+
+Draws = dict[str, torch.Tensor]  # site -> tensor shaped (S, *site_shape)
+
+_DRAWS_PLATE = "_zoo_draws"
+
+
+def get_trace(model: Callable, data: Mapping, condition: Mapping | None = None):
+    """One trace of ``model(**data)``, optionally conditioned, with subsample sites pruned."""
+    fn = poutine.condition(model, dict(condition)) if condition else model
+    with torch.no_grad(), poutine.block():
+        return prune_subsample_sites(poutine.trace(fn).get_trace(**data))
+
+
+def is_deterministic(site: dict) -> bool:
+    return bool(site.get("infer", {}).get("_deterministic"))
+
+
+def latent_sites(trace) -> list[str]:
+    """Sample sites that inference targets: not observed, not deterministic."""
+    return [
+        n for n, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]
+    ]
+
+
+def deterministic_sites(trace) -> list[str]:
+    return [n for n, s in trace.nodes.items() if s["type"] == "sample" and is_deterministic(s)]
+
+
+def observed_sites(trace) -> list[str]:
+    """Observations: observed sample sites that are neither deterministic nor ``pyro.factor``."""
+    return [
+        n
+        for n, s in trace.nodes.items()
+        if s["type"] == "sample"
+        and s["is_observed"]
+        and not is_deterministic(s)
+        and not isinstance(s["fn"], dist.Unit)
+    ]
+
+
+def observed_keys(model: Callable, data: Mapping) -> dict[str, str]:
+    """Map each observed site to the data key that holds its value (``obs=y`` -> ``"y"``).
+
+    Sites whose value is not a data entry (e.g. ``obs`` computed inside the model) map to the
+    site name itself.
+    """
+    trace = get_trace(model, data)
+    out = {}
+    for name in observed_sites(trace):
+        value = trace.nodes[name]["value"]
+        key = next((k for k, v in data.items() if v is value), None)
+        if key is None:  # the model may have converted the value; match by content
+            key = next(
+                (
+                    k
+                    for k, v in data.items()
+                    if torch.is_tensor(v) and v.shape == value.shape and torch.equal(v, value)
+                ),
+                name,
+            )
+        out[name] = key
+    return out
+
+
+def _max_plate_nesting(trace) -> int:
+    dims = [
+        f.dim
+        for s in trace.nodes.values()
+        if s["type"] == "sample"
+        for f in s["cond_indep_stack"]
+        if f.vectorized
+    ]
+    return -min(dims) if dims else 0
+
+
+def _num_draws(draws: Draws) -> int:
+    sizes = {v.shape[0] for v in draws.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"draws have different leading sizes {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _vectorized(model, draws: Draws, data, sites, log_prob: bool, ref) -> Draws:
+    num = _num_draws(draws)
+    nesting = _max_plate_nesting(ref)
+    cond = {}
+    for name, value in draws.items():
+        batch_ndim = len(ref.nodes[name]["fn"].batch_shape)
+        pad = (1,) * max(nesting - batch_ndim, 0)
+        cond[name] = value.reshape((num,) + pad + tuple(value.shape[1:]))
+
+    def vectorized_model(**kw):
+        with pyro.plate(_DRAWS_PLATE, num, dim=-nesting - 1):
+            return model(**kw)
+
+    trace = get_trace(vectorized_model, data, cond)
+    out = {}
+    for name in sites:
+        site = trace.nodes[name]
+        value = site["fn"].log_prob(site["value"]) if log_prob else site["value"]
+        want = _site_result(ref.nodes[name], log_prob).shape
+        if value.numel() != num * want.numel():
+            raise ValueError(f"site {name!r} did not vectorise")
+        out[name] = value.reshape((num,) + tuple(want))
+    return out
+
+
+def _site_result(site, log_prob: bool) -> torch.Tensor:
+    return site["fn"].log_prob(site["value"]) if log_prob else site["value"]
+
+
+def _sequential(model, draws: Draws, data, sites, log_prob: bool) -> Draws:
+    num = _num_draws(draws)
+    rows = []
+    for i in range(num):
+        trace = get_trace(model, data, {k: v[i] for k, v in draws.items()})
+        rows.append({n: _site_result(trace.nodes[n], log_prob) for n in sites})
+    return {n: torch.stack([r[n] for r in rows]) for n in sites}
+
+
+def evaluate(
+    model: Callable,
+    draws: Draws,
+    data: Mapping,
+    sites: list[str] | None = None,
+    log_prob: bool = False,
+    vectorize: bool = True,
+) -> Draws:
+    """Run ``model(**data)`` conditioned on each of S draws; return ``sites`` per draw.
+
+    With ``log_prob=True`` returns ``site.fn.log_prob(site.value)`` (pointwise log-likelihood
+    for observed sites) instead of the values. Unconditioned sites are sampled, which gives
+    posterior predictive draws when the observed keys are left out of ``data``.
+    """
+    first = {k: v[0] for k, v in draws.items()}
+    ref = get_trace(model, data, first)
+    if sites is None:
+        sites = [n for n in observed_sites(ref) + deterministic_sites(ref)]
+    if not sites:
+        return {}
+    if vectorize:
+        try:
+            out = _vectorized(model, draws, data, sites, log_prob, ref)
+        except (ValueError, RuntimeError, IndexError, NotImplementedError):
+            out = None
+        # Guard against a model that broadcasts wrongly under the extra plate: the first
+        # draw must reproduce the plain run (exactly for log-densities and deterministic
+        # values; sampled sites can only be compared by shape).
+        if out is not None and _agrees(out, ref, sites, log_prob):
+            return out
+    return _sequential(model, draws, data, sites, log_prob)
+
+
+def _agrees(out: Draws, ref, sites, log_prob: bool) -> bool:
+    for name in sites:
+        site = ref.nodes[name]
+        want = _site_result(site, log_prob)
+        got = out[name][0]
+        if got.shape != want.shape:
+            return False
+        fixed = log_prob or is_deterministic(site) or site["is_observed"]
+        if fixed and not torch.allclose(got, want, rtol=1e-6, atol=1e-8, equal_nan=True):
+            return False
+    return True
+
+
+def prior_draws(model: Callable, data: Mapping, num_samples: int, vectorize: bool = True) -> Draws:
+    """Draws of every latent, deterministic and observed site from the prior."""
+    ref = get_trace(model, data)
+    sites = latent_sites(ref) + deterministic_sites(ref) + observed_sites(ref)
+    if vectorize:
+        try:
+            nesting = _max_plate_nesting(ref)
+
+            def vectorized_model(**kw):
+                with pyro.plate(_DRAWS_PLATE, num_samples, dim=-nesting - 1):
+                    return model(**kw)
+
+            trace = get_trace(vectorized_model, data)
+            out = {}
+            for n in sites:
+                want = ref.nodes[n]["value"].shape
+                value = trace.nodes[n]["value"]
+                if value.numel() != num_samples * want.numel():
+                    raise ValueError(n)
+                out[n] = value.reshape((num_samples,) + tuple(want))
+            return out
+        except (ValueError, RuntimeError, IndexError, NotImplementedError):
+            pass
+    traces = [get_trace(model, data) for _ in range(num_samples)]
+    return {n: torch.stack([t.nodes[n]["value"] for t in traces]) for n in sites}
