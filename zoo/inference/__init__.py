@@ -1,0 +1,172 @@
+"""``zoo.fit``: one entry point for every inference method, one ``Fit`` out.
+
+    fit = zoo.fit("eight_schools_noncentered", data, method="nuts", seed=0, num_chains=4)
+
+``model`` is a registered name or any plain Pyro model function whose observed values are
+keyword arguments; ``data`` a dict of arrays/tensors. ``method="mcmc"`` picks the best MCMC the
+zoo has for the model (NUTS for now).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+import warnings
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pyro
+import torch
+
+from .. import tracing
+from ..data import prepare
+from ..errors import ConvergenceWarning, ZooError, unknown
+from ..fit import Fit, default_dtype
+from ..registry import METHODS, ModelSpec, get_model
+from .settings import SETTINGS, LaplaceSettings, NUTSSettings, SVISettings, validate_settings
+
+__all__ = ["fit", "resolve", "SETTINGS", "validate_settings", "NUTSSettings", "SVISettings",
+           "LaplaceSettings", "resolve_method"]
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def resolve_method(method: str, spec: ModelSpec | None = None) -> str:
+    """Map ``"mcmc"`` to the best MCMC the model supports and check the method exists."""
+    if method == "mcmc":
+        method = "nuts"
+    if method not in METHODS:
+        raise unknown("method", method, list(METHODS) + ["mcmc"])
+    if spec is not None and method not in spec.methods:
+        raise ZooError(
+            f"model {spec.name!r} does not support method {method!r}; it supports "
+            f"{', '.join(spec.methods)}"
+        )
+    return method
+
+
+def resolve(model: str | Callable | ModelSpec, data: Mapping[str, Any], dtype=torch.float64):
+    """(spec, prepared data) for a registered name, a spec, or a plain Pyro function."""
+    if isinstance(model, ModelSpec):
+        spec = model
+    elif isinstance(model, str):
+        spec = get_model(model)
+    elif callable(model):
+        spec = ModelSpec(
+            name=getattr(model, "__name__", "model"),
+            fn=model,
+            family="user",
+            description=inspect.getdoc(model) or "a user-supplied Pyro model",
+            observed=(),
+        )
+    else:
+        raise ZooError(f"model must be a registered name or a Pyro function, got {model!r}")
+    with default_dtype(dtype):
+        prepared = prepare(spec, data, dtype)
+        if spec.family == "user":
+            try:
+                keys = tracing.observed_keys(spec.fn, prepared)
+            except Exception as e:  # the user's model failed on the user's data
+                raise ZooError(f"model {spec.name!r} failed on the data: {type(e).__name__}: {e}") from e
+            if not keys:
+                raise ZooError(
+                    f"model {spec.name!r} has no observed sites with the data given "
+                    f"(keys: {', '.join(prepared)}); pass observations as keyword arguments"
+                )
+            spec = dataclasses.replace(spec, observed=tuple(keys.values()))
+    return spec, prepared
+
+
+def fit(
+    model: str | Callable | ModelSpec,
+    data: Mapping[str, Any],
+    method: str = "mcmc",
+    seed: int = 0,
+    progress: bool = False,
+    dtype: str = "float64",
+    **settings,
+) -> Fit:
+    """Fit ``model`` to ``data`` with ``method`` ("nuts", "svi", "laplace" or "mcmc")."""
+    if dtype not in _DTYPES:
+        raise unknown("dtype", dtype, _DTYPES)
+    torch_dtype = _DTYPES[dtype]
+    spec, prepared = resolve(model, data, torch_dtype)
+    method = resolve_method(method, spec)
+    config = validate_settings(method, settings, where=f"{method} settings")
+    runner = _runner(method)
+    start = time.perf_counter()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    with default_dtype(torch_dtype):
+        try:
+            out = runner(spec, prepared, config, seed=seed, progress=progress)
+        except (RuntimeError, ValueError) as e:
+            if isinstance(e, ZooError):
+                raise
+            raise ZooError(
+                f"{method} failed on model {spec.name!r}: {type(e).__name__}: {str(e).splitlines()[0]}"
+            ) from e
+        observed = tracing.observed_keys(spec.fn, prepared)
+        posterior = _with_deterministic(spec, prepared, out.latents)
+    result = Fit(
+        spec=spec,
+        method=method,
+        posterior=posterior,
+        latent_names=list(out.latents),
+        sample_stats={k: np.asarray(v) for k, v in out.sample_stats.items()},
+        data=prepared,
+        observed=observed,
+        settings={"seed": seed, "dtype": dtype, **dataclasses.asdict(config)},
+        info=out.info,
+        warnings=list(out.warnings),
+        guide=out.guide,
+    )
+    result.info["time_s"] = time.perf_counter() - start
+    result.info["versions"] = versions()
+    # Failed checks become warnings on the Fit (and Python warnings): never hidden.
+    from ..diagnostics import failed_checks
+
+    with default_dtype(torch_dtype):
+        failed = [w for w in failed_checks(result) if w not in result.warnings]
+    for w in failed:
+        warnings.warn(f"{spec.name} {method}: {w}", ConvergenceWarning, stacklevel=2)
+    result.warnings += failed
+    return result
+
+
+def _runner(method: str) -> Callable:
+    import importlib
+
+    module, name = {"nuts": ("mcmc", "run_nuts"), "svi": ("svi", "run_svi"),
+                    "laplace": ("laplace", "run_laplace")}[method]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def _with_deterministic(spec: ModelSpec, data: Mapping, latents: Mapping[str, torch.Tensor]) -> dict:
+    """Add ``pyro.deterministic`` sites (e.g. theta = mu + tau·theta_trans) to the draws."""
+    first = next(iter(latents.values()))
+    c, d = first.shape[:2]
+    flat = {k: v.reshape((c * d,) + tuple(v.shape[2:])) for k, v in latents.items()}
+    ref = tracing.get_trace(spec.fn, data, {k: v[0] for k, v in flat.items()})
+    det = tracing.deterministic_sites(ref)
+    extra = tracing.evaluate(spec.fn, flat, data, sites=det, vectorize=spec.vectorizable) if det else {}
+    out = {k: v.detach().cpu().numpy() for k, v in latents.items()}
+    out.update({k: v.detach().cpu().numpy().reshape((c, d) + tuple(v.shape[1:])) for k, v in extra.items()})
+    return out
+
+
+def versions() -> dict[str, str]:
+    import platform
+
+    import arviz
+    import pandas
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "arviz": arviz.__version__,
+        "numpy": np.__version__,
+        "pandas": pandas.__version__,
+    }
