@@ -102,7 +102,7 @@ def checks(fit: "Fit") -> pd.DataFrame:
     elif fit.method == "svi":
         rows.append({"check": "ELBO converged", "value": fit.info["num_steps_run"],
                      "threshold": f"relative change < {fit.settings['tol']}",
-                     "passed": not any("ELBO" in w for w in fit.warnings)})
+                     "passed": not any("the ELBO" in w for w in fit.warnings)})
     elif fit.method == "laplace":
         g = fit.info["gradient_norm_at_mode"]
         rows += [

@@ -114,7 +114,12 @@ def run_svi(spec: ModelSpec, data: Mapping, config: SVISettings, seed: int = 0,
     if bar is not None:
         bar.close()
     out_warnings = []
-    if not stopped_early and len(losses) >= 2 * config.window:
+    if len(losses) < 2 * config.window:
+        out_warnings.append(
+            f"the ELBO's convergence could not be assessed: {len(losses)} steps < 2 × window "
+            f"({config.window}); raise num_steps or lower window"
+        )
+    elif not stopped_early:
         change, z = _trend(losses, config.window)
         if z > 2 and change >= config.tol:
             out_warnings.append(

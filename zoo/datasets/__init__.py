@@ -1,0 +1,18 @@
+"""The data catalogue: importing this package registers every data set.
+
+``zoo.registry.list_datasets()`` lists them; ``zoo.registry.load_dataset(name, **args)`` loads
+one as a dict keyed by model argument. posteriordb's reference draws come from
+``posteriordb_reference``.
+"""
+
+from . import eight_schools, posteriordb, synthetic  # noqa: F401  (registers the data sets)
+from .posteriordb import list_posteriors, load_posteriordb, posteriordb_reference, posteriordb_root
+from .synthetic import synthetic_truth
+
+__all__ = [
+    "list_posteriors",
+    "load_posteriordb",
+    "posteriordb_reference",
+    "posteriordb_root",
+    "synthetic_truth",
+]

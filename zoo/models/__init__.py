@@ -1,0 +1,16 @@
+"""The model catalogue: importing this package registers every model (one module per family).
+
+``zoo.registry.list_models()`` lists them; ``zoo.registry.get_model(name)`` returns a spec.
+"""
+
+from . import conjugate, hierarchical, regression  # noqa: F401  (registers the models)
+from .conjugate import NIGPosterior, nig_log_evidence, nig_marginals, nig_posterior
+from .regression import polynomial_features
+
+__all__ = [
+    "NIGPosterior",
+    "nig_log_evidence",
+    "nig_marginals",
+    "nig_posterior",
+    "polynomial_features",
+]
