@@ -79,7 +79,7 @@ def observed_keys(model: Callable, data: Mapping) -> dict[str, str]:
     return out
 
 
-def _max_plate_nesting(trace) -> int:
+def max_plate_nesting(trace) -> int:
     dims = [
         f.dim
         for s in trace.nodes.values()
@@ -99,7 +99,7 @@ def _num_draws(draws: Draws) -> int:
 
 def _vectorized(model, draws: Draws, data, sites, log_prob: bool, ref) -> Draws:
     num = _num_draws(draws)
-    nesting = _max_plate_nesting(ref)
+    nesting = max_plate_nesting(ref)
     cond = {}
     for name, value in draws.items():
         batch_ndim = len(ref.nodes[name]["fn"].batch_shape)
@@ -187,7 +187,7 @@ def prior_draws(model: Callable, data: Mapping, num_samples: int, vectorize: boo
     sites = latent_sites(ref) + deterministic_sites(ref) + observed_sites(ref)
     if vectorize:
         try:
-            nesting = _max_plate_nesting(ref)
+            nesting = max_plate_nesting(ref)
 
             def vectorized_model(**kw):
                 with pyro.plate(_DRAWS_PLATE, num_samples, dim=-nesting - 1):
@@ -206,3 +206,42 @@ def prior_draws(model: Callable, data: Mapping, num_samples: int, vectorize: boo
             pass
     traces = [get_trace(model, data) for _ in range(num_samples)]
     return {n: torch.stack([t.nodes[n]["value"] for t in traces]) for n in sites}
+
+
+def guide_draws(guide: Callable, data: Mapping, num_samples: int, sites: list[str],
+                max_plate_nesting: int) -> tuple[Draws, torch.Tensor]:
+    """``num_samples`` iid draws of ``sites`` from a guide and log q at each (S,).
+
+    log q sums every sample site of the guide: autoguides sample an auxiliary unconstrained
+    site and put the log-Jacobian in a Delta at the constrained value, so the sum is the density
+    of the constrained draw. One pass under an outer plate, else a loop."""
+    try:
+        def vectorized_guide(**kw):
+            with pyro.plate(_DRAWS_PLATE, num_samples, dim=-max_plate_nesting - 1):
+                return guide(**kw)
+
+        trace = get_trace(vectorized_guide, data)
+        ref = get_trace(guide, data)
+        out = {}
+        for n in sites:
+            want = ref.nodes[n]["value"].shape
+            value = trace.nodes[n]["value"]
+            if value.numel() != num_samples * want.numel():
+                raise ValueError(n)
+            out[n] = value.reshape((num_samples,) + tuple(want))
+        log_q = sum(_per_draw(s["fn"].log_prob(s["value"]), num_samples)
+                    for s in trace.nodes.values() if s["type"] == "sample")
+        return out, log_q
+    except (ValueError, RuntimeError, IndexError, NotImplementedError):
+        traces = [get_trace(guide, data) for _ in range(num_samples)]
+        out = {n: torch.stack([t.nodes[n]["value"] for t in traces]) for n in sites}
+        log_q = torch.stack([sum(s["fn"].log_prob(s["value"]).sum() for s in t.nodes.values()
+                                 if s["type"] == "sample") for t in traces])
+        return out, log_q
+
+
+def _per_draw(log_prob: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Sum a site's log-density over everything but the draws dimension."""
+    if log_prob.dim() == 0 or log_prob.numel() == 1:  # a site outside the draws plate
+        return log_prob.reshape(()).expand(num_samples)
+    return log_prob.reshape(num_samples, -1).sum(-1)

@@ -76,8 +76,11 @@ def run_svi(spec: ModelSpec, data: Mapping, config: SVISettings, seed: int = 0,
     guide = make_guide(spec, config)
     elbo_cls = TraceMeanField_ELBO if config.elbo == "meanfield" else Trace_ELBO
     optim = _optimizer(config)
+    # Particles in one vectorised pass (an outer plate) for registered models, which are
+    # plate-correct by contract; a user's model may not be, so its particles run in a loop.
+    vectorize = spec.vectorizable and spec.family != "user" and config.num_particles > 1
     svi = SVI(spec.fn, guide, optim, loss=elbo_cls(num_particles=config.num_particles,
-                                                    vectorize_particles=False))
+                                                    vectorize_particles=vectorize))
     losses: list[float] = []
     stopped_early = False
     bar = None
@@ -131,7 +134,10 @@ def run_svi(spec: ModelSpec, data: Mapping, config: SVISettings, seed: int = 0,
         warnings.warn(f"{spec.name} svi: {w}", ConvergenceWarning, stacklevel=3)
 
     # iid draws of the latents from the fitted guide: one "chain" of num_samples draws.
-    draws = _guide_draws(guide, data, config.num_samples, _latent_names(spec, data))
+    from ..tracing import get_trace, guide_draws, latent_sites, max_plate_nesting
+
+    ref = get_trace(spec.fn, data)
+    draws, _ = guide_draws(guide, data, config.num_samples, latent_sites(ref), max_plate_nesting(ref))
     latents = {k: v.unsqueeze(0) for k, v in draws.items()}
     info = {
         "elbo": [-l for l in losses],
@@ -140,17 +146,3 @@ def run_svi(spec: ModelSpec, data: Mapping, config: SVISettings, seed: int = 0,
         "final_elbo": -float(np.mean(losses[-min(len(losses), config.window):])),
     }
     return RunOutput(latents, {}, info, out_warnings, guide)
-
-
-def _latent_names(spec: ModelSpec, data: Mapping) -> list[str]:
-    from ..tracing import get_trace, latent_sites
-
-    return latent_sites(get_trace(spec.fn, data))
-
-
-def _guide_draws(guide, data: Mapping, num_samples: int, names: list[str]) -> dict[str, torch.Tensor]:
-    """``num_samples`` iid draws of the latents from the guide (a loop: guides are cheap)."""
-    from ..tracing import get_trace
-
-    traces = [get_trace(guide, data) for _ in range(num_samples)]
-    return {n: torch.stack([t.nodes[n]["value"] for t in traces]) for n in names}

@@ -72,10 +72,20 @@ def beta_binomial_exact_log_evidence(
     return float(log_evidence)
 
 
+def beta_binomial_guide(n: Tensor, y: Tensor | None = None, prior_a: float = 1.0,
+                        prior_b: float = 1.0):
+    """The model's own guide: q(p) = Beta(a_q, b_q), the conjugate family, so SVI with it can
+    reach the exact posterior (a_q, b_q are kept positive by Pyro's constraint transform)."""
+    a_q = pyro.param("a_q", lambda: torch.as_tensor(_float(prior_a)).clone(), constraint=dist.constraints.positive)
+    b_q = pyro.param("b_q", lambda: torch.as_tensor(_float(prior_b)).clone(), constraint=dist.constraints.positive)
+    pyro.sample("p", dist.Beta(a_q, b_q))
+
+
 @register_model(
     observed=("y",),
     data_shapes={"n": ("G",), "y": ("G",)},
     default_dataset="binomial_synthetic",
+    guide=beta_binomial_guide,
     references=(BDA3 + " (section 2.4, the binomial model)",),
     exact_posterior=beta_binomial_exact_posterior,
     exact_log_evidence=beta_binomial_exact_log_evidence,
