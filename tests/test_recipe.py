@@ -1,0 +1,149 @@
+"""Recipes: every shipped recipe validates, --set works, and each broken recipe in
+tests/bad_recipes/ fails with a one-line ZooError that names the file and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from zoo.datasets import list_posteriors
+from zoo.errors import ZooError
+from zoo.recipe import check_data, list_recipes, load_recipe, parse_override
+from zoo.run import describe
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
+BAD_DIR = Path(__file__).resolve().parent / "bad_recipes"
+
+# file stem -> substrings its error message must contain (besides the file's own name).
+BAD = {
+    "unknown_top_key": ["unknown key 'outputs'", "allowed: recipe, data, models"],
+    "unknown_nuts_key": ["inference.nuts", "'num_warmups'", "did you mean 'num_warmup'"],
+    "unknown_model": ["unknown model 'eight_schools_centred'", "did you mean 'eight_schools_centered'"],
+    "unknown_method": ["unknown method 'nutz'", "did you mean 'nuts'"],
+    "unknown_dataset": ["unknown dataset 'eight_school'", "did you mean 'eight_schools'"],
+    "wrong_type": ["inference.num_samples must be int", "'many'"],
+    "negative_num_samples": ["inference.num_samples must be > 0", "-5"],
+    "missing_data": ["missing [data]"],
+    "name_mismatch": ["name 'something_else' must equal", "'name_mismatch'"],
+    "unknown_model_arg": ["no argument 'prior_alpha'", "did you mean 'prior_a'"],
+    "unknown_dataset_arg": ["no argument 'rows'", "allowed: n, d, seed, noise"],
+    "bad_data_shape": ["data['x'] has shape (30,)", "expects (N, D)"],
+    "invalid_toml": ["invalid TOML"],
+    "bad_svi_choice": ["inference.svi.guide", "'gaussian'", "allowed:"],
+}
+
+
+def _check(path) -> None:
+    """What --check does: validate the recipe, then the data against every model."""
+    check_data(load_recipe(path))
+
+
+def test_shipped_recipes_exist():
+    assert {p.stem for p in RECIPES} >= {
+        "eight_schools", "linear_regression", "polynomial_degree", "eight_schools_posteriordb"}
+
+
+def _needs_posteriordb(path: Path) -> bool:
+    return 'dataset = "posteriordb"' in path.read_text()
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_validates(path):
+    recipe = load_recipe(path)
+    if _needs_posteriordb(path) and not list_posteriors():
+        pytest.skip("no local posteriordb copy (../shared/data/posteriordb or $ZOO_POSTERIORDB)")
+    check_data(recipe)
+    assert recipe.name == path.stem and recipe.description
+    assert f"{len(recipe.runs)} fits" in describe(recipe)
+    smoke = load_recipe(path, smoke=True)  # every shipped recipe has tiny settings too
+    for method in smoke.methods:
+        assert smoke.resolved[method]["num_samples"] <= 100
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_first_line_is_the_command(path):
+    assert path.read_text().splitlines()[0] == f"# python -m zoo.run {path.stem}"
+
+
+def test_recipes_found_by_name():
+    assert set(list_recipes()) >= {p.stem for p in RECIPES}
+    assert load_recipe("eight_schools").path.resolve() == (ROOT / "recipes" / "eight_schools.toml").resolve()
+
+
+def test_unknown_recipe_name_did_you_mean():
+    with pytest.raises(ZooError, match="did you mean 'eight_schools'"):
+        load_recipe("eight_school")
+
+
+def test_settings_layering():
+    r = load_recipe("linear_regression")
+    # [inference].num_samples applies to every method that has the key
+    assert {r.resolved[m]["num_samples"] for m in ("nuts", "svi", "laplace")} == {1000}
+    assert r.settings["nuts"]["num_chains"] == 4 and "num_chains" not in r.settings["svi"]
+    s = load_recipe("linear_regression", smoke=True)
+    assert s.smoke and s.resolved["nuts"]["num_warmup"] == 50 and s.resolved["svi"]["num_steps"] == 200
+    assert s.resolved["svi"]["guide"] == r.resolved["svi"]["guide"]  # unchanged keys carry over
+
+
+def test_set_overrides():
+    r = load_recipe("eight_schools", overrides=[
+        "inference.num_samples=200", "inference.nuts.num_chains=2", "inference.nuts.jit=true",
+        "recipe.seed=7", "models=['eight_schools_noncentered']"])
+    assert r.resolved["nuts"]["num_samples"] == 200
+    assert r.resolved["nuts"]["num_chains"] == 2 and r.resolved["nuts"]["jit"] is True
+    assert r.seed == 7 and [m.name for m in r.models] == ["eight_schools_noncentered"]
+    assert load_recipe("eight_schools", seed=3).seed == 3  # --seed
+    r = load_recipe("linear_regression", overrides=["inference.methods=['mcmc', 'laplace']"])
+    assert r.methods == ["nuts", "laplace"]  # "mcmc" is NUTS
+
+
+def test_set_values_are_toml_literals():
+    assert parse_override("inference.nuts.target_accept=0.9") == (["inference", "nuts", "target_accept"], 0.9)
+    assert parse_override("inference.methods=[\"svi\"]")[1] == ["svi"]
+    assert parse_override("data.dataset=coin_flips")[1] == "coin_flips"  # bare word: a string
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("inference.nmu_samples=3",
+     ["--set inference.nmu_samples=3", "'nmu_samples'", "did you mean 'num_samples'"]),
+    ("inference.nuts.num_warmupp=3", ["--set inference.nuts.num_warmupp=3", "did you mean 'num_warmup'"]),
+    ("colour.x=1", ["unknown key 'colour'"]),
+    ("recipe.sed=1", ["unknown key 'sed'", "did you mean 'seed'"]),
+    ("inference.num_samples=-1", ["--set", "must be > 0"]),
+    ("inference.num_samples", ["expected KEY=VALUE"]),
+    ("models.0.name=x", ["replace the list"]),
+    ("models=['eight_schools_centred']", ["--set models=", "did you mean 'eight_schools_centered'"]),
+])
+def test_set_bad_key_fails(override, expected):
+    with pytest.raises(ZooError) as e:
+        load_recipe("eight_schools", overrides=[override])
+    msg = str(e.value)
+    assert "\n" not in msg
+    for part in expected:
+        assert part in msg
+
+
+def test_bad_corpus_is_complete():
+    assert {p.stem for p in BAD_DIR.glob("*.toml")} == set(BAD)
+
+
+@pytest.mark.parametrize("stem", sorted(BAD))
+def test_bad_recipe_fails_with_one_line(stem):
+    with pytest.raises(ZooError) as e:
+        _check(BAD_DIR / f"{stem}.toml")
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    assert f"{stem}.toml" in msg, msg  # names the file
+    for part in BAD[stem]:
+        assert part in msg, f"{part!r} not in {msg!r}"
+
+
+def test_smoke_needs_a_smoke_table(tmp_path):
+    text = (BAD_DIR / "unknown_method.toml").read_text().replace('"nutz"', '"nuts"')
+    path = tmp_path / "unknown_method.toml"
+    path.write_text(text)
+    load_recipe(path)  # valid without --smoke
+    with pytest.raises(ZooError, match=r"--smoke needs a \[smoke\] table"):
+        load_recipe(path, smoke=True)
