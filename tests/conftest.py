@@ -7,6 +7,11 @@ import pathlib
 import warnings
 
 import pytest
+import torch
+
+# The models here are tiny: one thread is faster than two fighting over small tensors, and a
+# fixed count keeps floating-point reductions identical from machine to machine.
+torch.set_num_threads(1)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("ZOO_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -20,7 +20,8 @@ with warnings.catch_warnings():  # ArviZ announces its 1.0 refactor on import
     import arviz as az
 
 # One chain of iid draws (SVI, Laplace) is legitimate; ArviZ's shape warning would be noise.
-logging.getLogger("arviz").setLevel(logging.ERROR)
+# ArviZ 0.23 logs through its own Logger instance (az._log), not logging.getLogger("arviz").
+getattr(az, "_log", logging.getLogger("arviz")).setLevel(logging.ERROR)
 
 if TYPE_CHECKING:
     from .fit import Fit
@@ -177,3 +178,26 @@ def compare_reference(fit: "Fit", reference: Mapping[str, np.ndarray]) -> pd.Dat
                          "reference_sd": sd_b, "mcse_mean": mcse, "z": (a.mean() - b.mean()) / mcse,
                          "sd_ratio": sd_a / sd_b})
     return pd.DataFrame(rows)
+
+
+# -- small ArviZ wrappers used by zoo.evidence ---------------------------------------------
+
+def ess(values: np.ndarray) -> float:
+    """Bulk ESS of a (chain, draw) array (ArviZ's rank-normalised multi-chain estimate)."""
+    return float(az.ess(np.asarray(values, dtype=float)))
+
+
+def max_rhat(values: np.ndarray) -> float:
+    """Largest R-hat over the coordinates of a (chain, draw, d) array."""
+    values = np.asarray(values, dtype=float)
+    if values.shape[0] < 2:
+        return float("nan")
+    return float(max(az.rhat(values[..., i]) for i in range(values.shape[-1])))
+
+
+def pareto_k(log_weights: np.ndarray) -> float:
+    """PSIS Pareto k̂ of importance log-weights (Vehtari et al. 2024)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, k = az.psislw(np.asarray(log_weights, dtype=float))
+    return float(k)

@@ -7,7 +7,6 @@ backend keeps figures working without a display and in subprocesses.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,13 +22,6 @@ import torch  # noqa: E402
 MAX_COMPONENTS = 9  # scalar components per figure; beyond this a figure stops being readable
 DPI = 80
 COLORS = {"nuts": "C0", "svi": "C1", "laplace": "C2"}
-
-
-def quiet_arviz() -> None:
-    """Silence ArviZ's shape warnings for one-chain draws (SVI, Laplace): the checks table
-    already says what such draws can show. ArviZ 0.23 logs through its own ``Logger`` instance
-    (``az._log``), which ``logging.getLogger("arviz")`` does not reach."""
-    getattr(az, "_log", logging.getLogger("arviz")).setLevel(logging.ERROR)
 
 
 def _save(fig, folder: Path, name: str) -> str:

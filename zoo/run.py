@@ -156,9 +156,6 @@ def execute(recipe: Recipe, out: Path, command: str, progress: bool = False) -> 
     """Fit everything, then write ``out/<name>`` (``<name>-smoke`` for smoke runs) atomically."""
     from tqdm.auto import tqdm
 
-    from .figures import quiet_arviz
-
-    quiet_arviz()
     data = load_data(recipe)
     check_data(recipe, data)  # fail before the first fit, not after an hour of them
     reference = load_reference(recipe)
