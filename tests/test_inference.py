@@ -63,6 +63,7 @@ def test_prior_predictive_and_log_density_finite(name):
 
 # --- conjugate models: exact posteriors are the ground truth ------------------------------
 
+@pytest.mark.slow
 def test_nuts_matches_exact_posterior_within_4_mcse():
     # beta_binomial and NIG linear regression have exact marginals (Beta, Student-t, InvGamma).
     # Means must lie within 4 MCSE (false-alarm rate ~6e-5 per parameter); sds within 4 × the

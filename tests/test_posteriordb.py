@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import zoo
 from zoo.datasets import posteriordb_reference
@@ -12,6 +13,7 @@ from conftest import posteriordb_dir
 POSTERIOR = "eight_schools-eight_schools_noncentered"
 
 
+@pytest.mark.slow
 def test_nuts_matches_posteriordb_eight_schools_noncentered():
     # Means: within 4 combined MCSE (ours + the reference's), false-alarm rate ~6e-5 per
     # parameter. Sds: within 10% (posteriordb's own criterion); with ~2000+ effective draws the

@@ -135,6 +135,20 @@ class Fit:
             self._cache["prior"] = {k: v.cpu().numpy()[None] for k, v in draws.items()}
         return self._cache["prior"]
 
+    @contextlib.contextmanager
+    def guide_scope(self) -> Iterator[None]:
+        """Run code that uses ``self.guide`` with the parameters this fit learned.
+
+        Pyro keeps guide parameters in one global param store, which the next SVI fit clears;
+        the fit keeps its own copy and swaps it in here, so an old fit's guide stays valid."""
+        store = pyro.get_param_store()
+        saved = store.get_state()
+        store.set_state(self.info["param_store"])
+        try:
+            yield
+        finally:
+            store.set_state(saved)
+
     # -- diagnostics (ArviZ lives in zoo.diagnostics) ---------------------------------------
     def to_inference_data(self):
         """ArviZ InferenceData: posterior, log_likelihood, posterior_predictive,
@@ -156,6 +170,13 @@ class Fit:
         from . import diagnostics
 
         return diagnostics.checks(self)
+
+    def log_evidence(self, method: str | None = None, **kwargs):
+        """log p(y) with its MCSE: ``exact``, ``laplace``, ``importance`` or ``bridge`` (the
+        default is the estimator that fits this fit's method); see ``zoo.evidence``."""
+        from . import evidence
+
+        return evidence.estimate(self, method, **kwargs)
 
     @property
     def converged(self) -> bool:

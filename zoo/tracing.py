@@ -14,6 +14,8 @@ import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
+from pyro.infer.autoguide.initialization import InitMessenger
+from torch.distributions import transform_to
 from pyro.poutine.util import prune_subsample_sites
 
 Draws = dict[str, torch.Tensor]  # site -> tensor shaped (S, *site_shape)
@@ -26,6 +28,19 @@ def get_trace(model: Callable, data: Mapping, condition: Mapping | None = None):
     fn = poutine.condition(model, dict(condition)) if condition else model
     with torch.no_grad(), poutine.block():
         return prune_subsample_sites(poutine.trace(fn).get_trace(**data))
+
+
+def structure(model: Callable, data: Mapping):
+    """A trace for the model's structure (sites, shapes, supports), not for its values: latent
+    sites take a feasible point instead of a prior draw, so improper priors
+    (``ImproperUniform``) that cannot be sampled still trace."""
+    return get_trace(InitMessenger(feasible)(model), data)
+
+
+def feasible(site: dict) -> torch.Tensor:
+    # Pyro's init_tofeasible samples once for the shape, which ImproperUniform cannot do.
+    fn = site["fn"]
+    return transform_to(fn.support)(torch.zeros(fn.batch_shape + fn.event_shape))
 
 
 def is_deterministic(site: dict) -> bool:
@@ -61,7 +76,7 @@ def observed_keys(model: Callable, data: Mapping) -> dict[str, str]:
     Sites whose value is not a data entry (e.g. ``obs`` computed inside the model) map to the
     site name itself.
     """
-    trace = get_trace(model, data)
+    trace = structure(model, data)
     out = {}
     for name in observed_sites(trace):
         value = trace.nodes[name]["value"]

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
 from pyro.infer import autoguide
 
+from ..tracing import feasible
+
+# median and mean fall back to a feasible point built without sampling, so improper priors
+# (which cannot be sampled) still initialise.
 INIT_STRATEGIES = {
     "uniform": autoguide.init_to_uniform,
-    "median": autoguide.init_to_median,
-    "mean": autoguide.init_to_mean,
+    "median": partial(autoguide.init_to_median, fallback=feasible),
+    "mean": partial(autoguide.init_to_mean, fallback=feasible),
     "sample": autoguide.init_to_sample,
     "feasible": autoguide.init_to_feasible,
 }

@@ -134,12 +134,15 @@ def run_svi(spec: ModelSpec, data: Mapping, config: SVISettings, seed: int = 0,
         warnings.warn(f"{spec.name} svi: {w}", ConvergenceWarning, stacklevel=3)
 
     # iid draws of the latents from the fitted guide: one "chain" of num_samples draws.
-    from ..tracing import get_trace, guide_draws, latent_sites, max_plate_nesting
+    from ..tracing import guide_draws, latent_sites, max_plate_nesting, structure
 
-    ref = get_trace(spec.fn, data)
+    ref = structure(spec.fn, data)
     draws, _ = guide_draws(guide, data, config.num_samples, latent_sites(ref), max_plate_nesting(ref))
     latents = {k: v.unsqueeze(0) for k, v in draws.items()}
+    state = pyro.get_param_store().get_state()
     info = {
+        # the fitted guide's parameters, owned by the fit (see Fit.guide_scope)
+        "param_store": {**state, "params": {k: v.detach().clone() for k, v in state["params"].items()}},
         "elbo": [-l for l in losses],
         "num_steps_run": len(losses),
         "stopped_early": stopped_early,
