@@ -59,7 +59,9 @@ def test_recipe_validates(path):
     assert f"{len(recipe.runs)} fits" in describe(recipe)
     smoke = load_recipe(path, smoke=True)  # every shipped recipe has tiny settings too
     for method in smoke.methods:
-        assert smoke.resolved[method]["num_samples"] <= 100
+        # Bridge sampling needs 400 draws per chain (two halves of 200): the one exception.
+        bridge = method == "nuts" and smoke.evidence and "bridge" in smoke.evidence["estimators"]
+        assert smoke.resolved[method]["num_samples"] <= (400 if bridge else 100)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
@@ -147,3 +149,35 @@ def test_smoke_needs_a_smoke_table(tmp_path):
     load_recipe(path)  # valid without --smoke
     with pytest.raises(ZooError, match=r"--smoke needs a \[smoke\] table"):
         load_recipe(path, smoke=True)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("evidence.estimators=['brige']", ["evidence", "unknown estimator 'brige'", "did you mean 'bridge'"]),
+    ("evidence.estimators=[]", ["at least one estimator"]),
+    ("evidence.bridge_proposal='warp2'", ["bridge_proposal", "did you mean 'warp3'"]),
+    ("evidence.prior={beta_30_30=0.5, beta_1_1=0.6}", ["sum to 1", "1.1"]),
+    ("evidence.prior={beta_30_30=1.5, beta_1_1=-0.5}", ["positive", "-0.5"]),
+    ("evidence.prior={beta_30_30=1.0}", ["missing beta_1_1"]),
+    ("evidence.prior={beta_30=0.5, beta_1_1=0.5}", ["'beta_30'", "did you mean 'beta_30_30'"]),
+    ("evidence.prio=1", ["unknown key 'prio'", "did you mean 'prior'"]),
+    ("models=[{name='beta_binomial'}, {name='beta_binomial', args={prior_a=2.0}}]",
+     ["model 'beta_binomial' is listed twice", "distinct label"]),
+    ("models=[{name='beta_binomial', label='a'}, {name='beta_binomial', label='a'}]",
+     ["label 'a' is listed twice"]),
+])
+def test_bad_evidence_and_labels(override, expected):
+    with pytest.raises(ZooError) as err:
+        load_recipe("beta_binomial_bayes_factor", overrides=[override])
+    for part in expected:
+        assert part in str(err.value), (part, str(err.value))
+
+
+def test_labels_and_evidence_table():
+    r = load_recipe("beta_binomial_bayes_factor")
+    assert [m.label for m in r.models] == ["beta_30_30", "beta_1_1"]
+    assert [m.name for m in r.models] == ["beta_binomial"] * 2
+    assert r.runs[0] == ("beta_30_30", "nuts")
+    assert r.evidence == {"estimators": ["exact", "laplace", "importance", "bridge"], "prior": None,
+                          "bridge_proposal": "normal"}
+    assert load_recipe("eight_schools").evidence is None  # optional
+    assert load_recipe("eight_schools").models[0].label == "eight_schools_centered"  # default

@@ -186,3 +186,35 @@ def density_figure(
     fig.suptitle(f"{model}: posterior vs {kind}")
     fig.tight_layout()
     return _save(fig, folder, f"{stem}__vs_{'exact' if exact is not None else 'reference'}.png")
+
+
+# -- model comparison -----------------------------------------------------------------------
+def bayes_factor_figure(rows: Sequence, best: str, folder: Path) -> str | None:
+    """log BF of each model against ``best``, one marker per estimator with ±2 MCSE bars;
+    each estimator's BF uses its own estimate for the best model, so the markers compare the
+    estimators on the same question."""
+    models = list(dict.fromkeys(r.model for r in rows))
+    names = list(dict.fromkeys(r.name for r in rows if r.evidence is not None))
+    ref = {r.name: r.evidence for r in rows if r.model == best and r.evidence is not None}
+    names = [n for n in names if n in ref]
+    if not names:
+        return None
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(models) + 2), 3.5))
+    width = 0.6 / max(1, len(names))
+    for k, name in enumerate(names):
+        xs, ys, errs = [], [], []
+        for i, model in enumerate(models):
+            ev = next((r.evidence for r in rows if r.model == model and r.name == name
+                       and r.evidence is not None), None)
+            if ev is None:
+                continue
+            xs.append(i + (k - (len(names) - 1) / 2) * width)
+            ys.append(ev.value - ref[name].value)
+            errs.append(2 * float(np.hypot(ev.mcse, ref[name].mcse)))
+        ax.errorbar(xs, ys, yerr=errs, fmt="os^Dv<>"[k % 7], capsize=3, ls="none", label=name)
+    ax.axhline(0.0, color="0.5", lw=0.8)
+    ax.set_xticks(range(len(models)), models, rotation=30, ha="right")
+    ax.set_ylabel(f"log BF vs {best}")
+    ax.set_title("log Bayes factor against the best model (±2 MCSE)")
+    ax.legend(fontsize=8)
+    return _save(fig, folder, "bayes_factors.png")

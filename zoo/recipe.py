@@ -22,12 +22,15 @@ from . import registry
 from .errors import ZooError, did_you_mean
 from .inference.settings import SETTINGS, validate_settings
 
-SECTIONS = ("recipe", "data", "models", "inference", "smoke", "reference")
+SECTIONS = ("recipe", "data", "models", "inference", "smoke", "reference", "evidence")
 REQUIRED = ("recipe", "data", "models", "inference")
 RECIPE_KEYS = ("name", "description", "seed")
 DATA_KEYS = ("dataset", "args")
-MODEL_KEYS = ("name", "args")
+MODEL_KEYS = ("name", "label", "args")
 REFERENCE_KEYS = ("posteriordb", "root")
+EVIDENCE_KEYS = ("estimators", "prior", "bridge_proposal")
+ESTIMATORS = ("exact", "laplace", "importance", "bridge")  # as zoo.evidence.ESTIMATORS
+BRIDGE_PROPOSALS = ("normal", "warp3")
 COMMON_EXTRA = ("dtype",)  # handled by zoo.fit itself, valid for every method
 DTYPES = ("float64", "float32")
 ALIASES = {"mcmc": "nuts"}  # recipes may say "mcmc"; results are labelled by the real method
@@ -37,6 +40,11 @@ ALIASES = {"mcmc": "nuts"}  # recipes may say "mcmc"; results are labelled by th
 class ModelEntry:
     name: str
     args: dict[str, Any] = field(default_factory=dict)
+    label: str = ""  # how results name this entry; the model name unless the recipe says
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
 
 
 @dataclass
@@ -55,13 +63,14 @@ class Recipe:
     resolved: dict[str, dict[str, Any]]  # method -> every setting, defaults included
     dtype: str | None = None
     reference: dict[str, Any] | None = None
+    evidence: dict[str, Any] | None = None  # [evidence]: estimators, prior, bridge_proposal
     smoke: bool = False
     overrides: list[str] = field(default_factory=list)
 
     @property
     def runs(self) -> list[tuple[str, str]]:
-        """(model, method) pairs in the order they run."""
-        return [(m.name, meth) for m in self.models for meth in self.methods]
+        """(label, method) pairs in the order they run."""
+        return [(m.label, meth) for m in self.models for meth in self.methods]
 
     def fit_kwargs(self, method: str) -> dict[str, Any]:
         """Keyword arguments for ``zoo.fit`` besides model, data and method."""
@@ -292,6 +301,9 @@ def _models(ck: _Checker, raw: Any, methods: list[str]) -> list[ModelEntry]:
             spec = registry.get_model(name)
         except ZooError as e:
             raise ck.error(section, str(e), "name") from None
+        label = ck.typed(section, item, "label", str, default=name)
+        if not label.strip():
+            raise ck.error(section, "label must not be empty", "label")
         args = ck.typed(section, item, "args", dict, default={})
         params = spec.arguments
         for key in args:
@@ -313,9 +325,11 @@ def _models(ck: _Checker, raw: Any, methods: list[str]) -> list[ModelEntry]:
                     f"model {name!r} does not support method {m!r}; it supports {', '.join(spec.methods)}",
                     "name",
                 )
-        if any(e.name == name for e in entries):
-            raise ck.error(section, f"model {name!r} is listed twice", "name")
-        entries.append(ModelEntry(name, dict(args)))
+        if any(e.label == label for e in entries):
+            what = f"label {label!r}" if "label" in item else f"model {name!r}"
+            raise ck.error(section, f"{what} is listed twice; give each entry a distinct label "
+                           "(label = \"...\")", "label" if "label" in item else "name")
+        entries.append(ModelEntry(name, dict(args), label))
     return entries
 
 
@@ -396,6 +410,8 @@ def load_recipe(
             "root": ck.typed("reference", ref, "root", str, default=None),
         }
 
+    evidence = _evidence(ck, raw, [m.label for m in models]) if "evidence" in raw else None
+
     return Recipe(
         name=name,
         description=description,
@@ -409,9 +425,47 @@ def load_recipe(
         resolved=resolved,
         dtype=dtype,
         reference=reference,
+        evidence=evidence,
         smoke=smoke,
         overrides=overrides,
     )
+
+
+def _evidence(ck: _Checker, raw: Mapping, labels: list[str]) -> dict[str, Any]:
+    """``[evidence]``: which estimators to run, the prior over models, the bridge proposal."""
+    table = ck.table(raw, "evidence", False)
+    ck.keys("evidence", table, EVIDENCE_KEYS)
+    estimators = ck.typed("evidence", table, "estimators", list, required=True)
+    if not estimators:
+        raise ck.error("evidence", "estimators must name at least one estimator", "estimators")
+    for e in estimators:
+        if e not in ESTIMATORS:
+            raise ck.error("evidence", f"unknown estimator {e!r}{did_you_mean(str(e), ESTIMATORS)}; "
+                           f"allowed: {', '.join(ESTIMATORS)}", "estimators")
+    if len(set(estimators)) < len(estimators):
+        raise ck.error("evidence", f"estimators lists one twice: {estimators}", "estimators")
+    proposal = ck.typed("evidence", table, "bridge_proposal", str, default="normal")
+    if proposal not in BRIDGE_PROPOSALS:
+        raise ck.error("evidence", f"unknown bridge_proposal {proposal!r}"
+                       f"{did_you_mean(proposal, BRIDGE_PROPOSALS)}; allowed: "
+                       f"{', '.join(BRIDGE_PROPOSALS)}", "bridge_proposal")
+    prior = ck.typed("evidence", table, "prior", dict, default=None)
+    if prior is not None:
+        for label, p in prior.items():
+            if label not in labels:
+                raise ck.error("evidence", f"prior names {label!r}, which is no model label"
+                               f"{did_you_mean(label, labels)}; labels: {', '.join(labels)}", "prior")
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
+                raise ck.error("evidence", f"prior[{label!r}] must be a positive number, got {p!r}",
+                               "prior")
+        missing = [label for label in labels if label not in prior]
+        if missing:
+            raise ck.error("evidence", f"prior must give every model a probability; missing "
+                           f"{', '.join(missing)}", "prior")
+        if abs(sum(prior.values()) - 1.0) > 1e-6:
+            raise ck.error("evidence", f"prior probabilities must sum to 1, got "
+                           f"{sum(prior.values()):.6g}", "prior")
+    return {"estimators": list(estimators), "prior": prior, "bridge_proposal": proposal}
 
 
 def load_data(recipe: Recipe) -> dict[str, Any]:

@@ -202,7 +202,7 @@ def versions() -> dict[str, str]:
 
 
 # -- report.md ------------------------------------------------------------------------------
-def _evidence_md(log_evidence: Mapping[str, float]) -> str:
+def _exact_evidence_md(log_evidence: Mapping[str, float]) -> str:
     """Exact log evidence per model, its gap to the best, and P(model | y) under equal priors."""
     names = list(log_evidence)
     values = np.array([log_evidence[n] for n in names], dtype=float)
@@ -212,12 +212,92 @@ def _evidence_md(log_evidence: Mapping[str, float]) -> str:
     return md_table(table)
 
 
+EVIDENCE_NOTE = (
+    "The evidence and LOO answer different questions. The evidence p(y | M) is the *prior* "
+    "predictive density of the data: it rewards a model whose prior put its mass where the data "
+    "are, so it penalises vague priors and extra parameters (the Occam factor). PSIS-LOO "
+    "estimates the *posterior* predictive density of each held-out observation, where the prior "
+    "matters only through the posterior. They can disagree, and each is right about its question."
+)
+
+
+def evidence_table(rows: Sequence) -> pd.DataFrame:
+    """evidence.csv: one row per model × estimator, rounded so a rerun gives the same bytes."""
+    def num(x: float | None, spec: str) -> str:
+        return "" if x is None else format(x, spec)
+
+    return pd.DataFrame({
+        "model": [r.model for r in rows],
+        "estimator": [r.estimator for r in rows],
+        "fit": [r.fit for r in rows],
+        "log_evidence": [num(r.evidence and r.evidence.value, ".4f") for r in rows],
+        "mcse": [num(r.evidence and r.evidence.mcse, ".2g") for r in rows],
+        "note": ["; ".join(r.evidence.warnings) if r.evidence else f"n/a: {r.error}" for r in rows],
+    })
+
+
+def _diagnostics_text(ev) -> str:
+    keys = [("pareto_k", "k̂"), ("ess", "ESS"), ("ess_posterior", "ESS"), ("iterations", "iterations"),
+            ("max_rhat_unconstrained", "R-hat"), ("elbo", "ELBO"), ("proposal", "proposal")]
+    return ", ".join(f"{label} {_fmt(ev.diagnostics[k], 3)}" for k, label in keys if k in ev.diagnostics)
+
+
+def _evidence_md(rows: Sequence, recipe: Recipe, results: Sequence[FitResult]) -> list[str]:
+    """The log-evidence table, the Bayes-factor comparison and the LOO comparison."""
+    from .compare import PREFERENCE, best_estimates, compare
+    from .errors import ZooError
+
+    lines = ["", "## Model comparison", "", "Log evidence log p(y) by each estimator "
+             "(value ± MCSE; *n/a* says why an estimator could not run):", "",
+             "| model | estimator | log p(y) | MCSE | diagnostics | warnings |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.evidence is None:
+            lines.append(f"| {r.model} | {r.name} | n/a: {r.error} | | | |")
+            continue
+        ev = r.evidence
+        warn = "; ".join(f"**{w}**" for w in ev.warnings)
+        lines.append(f"| {r.model} | {r.name} | {ev.value:.4f} | {ev.mcse:.2g} | {_diagnostics_text(ev)} | {warn} |")
+    best = best_estimates(rows)
+    order = ", ".join(f"{e} ({f})" if f else e for e, f in PREFERENCE)
+    prior = recipe.evidence["prior"]
+    if best:
+        labels = list(best)
+        if prior is not None:  # models with no estimate drop out; renormalise over the rest
+            total = sum(prior[label] for label in labels)
+            prior = {label: prior[label] / total for label in labels}
+        table = compare({label: row.evidence for label, row in best.items()}, prior=prior)
+        table.insert(3, "from fit", [best[label].fit for label in table.index])
+        lines += ["", f"Bayes factors, from the most accurate estimate per model (first available "
+                  f"of: {order}; one with warnings only if nothing else is); prior over models: "
+                  f"{'as stated in the recipe' if prior else 'uniform'}. `evidence_against` is "
+                  "Kass & Raftery's (1995) wording for BF(best : model).", "",
+                  md_table(table.drop(columns="warnings"), index="model")]
+        warned = table[table["warnings"] != ""]
+        lines += [f"- **{label}**: {w}" for label, w in warned["warnings"].items()]
+    by_model: dict[str, Any] = {}
+    for r in results:
+        if r.fit is not None and (r.model not in by_model or r.method == "nuts"):
+            by_model[r.model] = r.fit
+    if len(by_model) > 1:
+        methods = sorted({f.method for f in by_model.values()})
+        try:
+            loo = compare(by_model, by="loo").drop(columns="scale", errors="ignore")
+            lines += ["", f"PSIS-LOO (ArviZ `az.compare`, stacking weights; {', '.join(methods)} "
+                      "fits):", "", md_table(loo, index="model")]
+        except (ZooError, ValueError, TypeError, KeyError) as e:
+            lines += ["", f"PSIS-LOO comparison could not be computed: {e}"]
+    lines += ["", EVIDENCE_NOTE]
+    return lines
+
+
 def render(
     recipe: Recipe,
     results: Sequence[FitResult],
     command: str,
     wall_s: float,
     log_evidence: Mapping[str, float] | None = None,
+    evidence: Sequence | None = None,
+    bf_figure: str | None = None,
 ) -> str:
     lines = [f"# {recipe.name}", ""]
     if recipe.smoke:
@@ -248,9 +328,13 @@ def render(
             status = "yes" if r.converged else "**NO**"
         lines.append(f"| {r.model} | {r.method} | {status} | {len(r.problems)} | {r.time_s:.1f} |")
 
-    if log_evidence and len(log_evidence) > 1:
+    if evidence is not None:
+        lines += _evidence_md(evidence, recipe, results)
+        if bf_figure:
+            lines += ["", f"![log Bayes factors against the best model](figures/{bf_figure})"]
+    elif log_evidence and len(log_evidence) > 1:
         lines += ["", "## Model comparison", "", "Exact log evidence (closed form; equal prior "
-                  "probability for each model):", "", _evidence_md(log_evidence)]
+                  "probability for each model):", "", _exact_evidence_md(log_evidence)]
 
     lines += ["", "## Settings", ""]
     for method in recipe.methods:
@@ -258,7 +342,7 @@ def render(
         lines.append(f"- **{method}**: {values}")
     lines.append(f"- common: seed={recipe.seed}, dtype={recipe.dtype or 'float64'}")
     if any(m.args for m in recipe.models):
-        lines += [f"- model `{m.name}` arguments: {m.args}" for m in recipe.models if m.args]
+        lines += [f"- model `{m.label}` (`{m.name}`) arguments: {m.args}" for m in recipe.models if m.args]
 
     for model in dict.fromkeys(r.model for r in results):
         lines += ["", f"## {model}", ""]
@@ -282,7 +366,8 @@ def render(
         shared = [f for r in mine for f in r.model_figures]
         lines += [f"![{caption}](figures/{name})" for caption, name in shared]
     lines += ["", "Files: `summary.csv` (every parameter of every fit), `<model>__<method>.nc` "
-              "(ArviZ InferenceData), `figures/`.", ""]
+              "(ArviZ InferenceData), " + ("`evidence.csv` (log evidence by model and estimator), "
+                                           if evidence is not None else "") + "`figures/`.", ""]
     return "\n".join(lines)
 
 
@@ -327,6 +412,23 @@ def write_figures(
             ok[-1].model_figures.append((f"{model}: every method vs the {truth}", name))
 
 
+def _bayes_factor_figure(rows: Sequence, folder: Path, results: Sequence[FitResult]) -> str | None:
+    from . import figures
+    from .compare import best_estimates
+
+    best = best_estimates(rows)
+    if not best:
+        return None
+    top = max(best, key=lambda label: best[label].evidence.value)
+    try:
+        return figures.bayes_factor_figure(rows, top, folder)
+    except Exception as e:  # noqa: BLE001 - a plotting problem must not lose the run's fits
+        if results:
+            results[0].notes.append(f"figure 'Bayes factors' could not be drawn: {type(e).__name__}: {e}"
+                                    .splitlines()[0])
+        return None
+
+
 def write_results(
     recipe: Recipe,
     results: Sequence[FitResult],
@@ -336,6 +438,7 @@ def write_results(
     exact: Mapping[str, Any] | None = None,
     reference: Mapping[str, np.ndarray] | None = None,
     log_evidence: Mapping[str, float] | None = None,
+    evidence: Sequence | None = None,
 ) -> Path:
     """Write the whole result folder atomically; returns ``dest``."""
     with atomic_directory(dest) as tmp:
@@ -344,5 +447,10 @@ def write_results(
             if r.fit is not None:
                 r.fit.to_inference_data().to_netcdf(str(tmp / f"{r.stem}.nc"))
         write_figures(results, tmp / "figures", exact or {}, reference, recipe.seed)
-        (tmp / "report.md").write_text(render(recipe, results, command, wall_s, log_evidence))
+        bf_figure = None
+        if evidence is not None:
+            evidence_table(evidence).to_csv(tmp / "evidence.csv", index=False, lineterminator="\n")
+            bf_figure = _bayes_factor_figure(evidence, tmp / "figures", results)
+        (tmp / "report.md").write_text(render(recipe, results, command, wall_s, log_evidence,
+                                              evidence, bf_figure))
     return Path(dest)

@@ -87,12 +87,17 @@ def describe(recipe: Recipe) -> str:
     )
     for m in recipe.models:
         args = f" {m.args}" if m.args else ""
-        lines.append(f"    {m.name}{args}: {', '.join(recipe.methods)}")
+        label = f" as {m.label!r}" if m.label != m.name else ""
+        lines.append(f"    {m.name}{args}{label}: {', '.join(recipe.methods)}")
     for method in recipe.methods:
         values = ", ".join(f"{k}={v!r}" for k, v in recipe.resolved[method].items())
         lines.append(f"  {method}: {values}")
     if recipe.reference:
         lines.append(f"  reference: posteriordb {recipe.reference['posteriordb']}")
+    if recipe.evidence:
+        ev = recipe.evidence
+        lines.append(f"  evidence: {', '.join(ev['estimators'])} (bridge proposal "
+                     f"{ev['bridge_proposal']}; prior over models: {ev['prior'] or 'uniform'})")
     return "\n".join(lines)
 
 
@@ -119,7 +124,8 @@ def _exact(fit) -> Mapping[str, Any] | None:
     return fit.spec.exact_posterior(**fit.data)
 
 
-def fit_one(model: str, method: str, data: Mapping[str, Any], recipe: Recipe, progress: bool) -> FitResult:
+def fit_one(model: str, method: str, data: Mapping[str, Any], recipe: Recipe, progress: bool,
+            label: str | None = None) -> FitResult:
     """One model × method; a Hessian that is not positive definite is a result, not a crash
     (Laplace is simply not usable there, and the report says so)."""
     from . import inference
@@ -132,9 +138,9 @@ def fit_one(model: str, method: str, data: Mapping[str, Any], recipe: Recipe, pr
             warnings.simplefilter("ignore", ConvergenceWarning)
             fit = inference.fit(model, data, method=method, progress=progress,
                                 **recipe.fit_kwargs(method))
-            result = FitResult(model, method, fit=fit)
+            result = FitResult(label or model, method, fit=fit)
     except NotPositiveDefiniteError as e:
-        result = FitResult(model, method, error=str(e))
+        result = FitResult(label or model, method, error=str(e))
     result.time_s = time.perf_counter() - start
     return result
 
@@ -165,24 +171,40 @@ def execute(recipe: Recipe, out: Path, command: str, progress: bool = False) -> 
     with bar:
         for entry in recipe.models:
             for method in recipe.methods:
-                bar.set_postfix_str(f"{entry.name} / {method}")
-                result = fit_one(entry.name, method, {**data, **entry.args}, recipe, progress)
+                bar.set_postfix_str(f"{entry.label} / {method}")
+                result = fit_one(entry.name, method, {**data, **entry.args}, recipe, progress,
+                                 label=entry.label)
                 _compare(result, reference)
                 results.append(result)
                 bar.update()
     wall_s = time.perf_counter() - start
     exact, log_evidence = {}, {}
     for entry in recipe.models:
-        first = next((r.fit for r in results if r.model == entry.name and r.fit is not None), None)
-        exact[entry.name] = _exact(first)
+        first = next((r.fit for r in results if r.model == entry.label and r.fit is not None), None)
+        exact[entry.label] = _exact(first)
         if first is not None and first.spec.exact_log_evidence is not None:
-            log_evidence[entry.name] = float(first.spec.exact_log_evidence(**first.data))
+            log_evidence[entry.label] = float(first.spec.exact_log_evidence(**first.data))
+    evidence = estimate_evidence(recipe, results) if recipe.evidence else None
     name = recipe.name + ("-smoke" if recipe.smoke else "")
     if progress:
         print(f"writing {Path(out) / name}/ (netCDF, figures, report) ...", file=sys.stderr)
     dest = write_results(recipe, results, Path(out) / name, command, wall_s, exact=exact,
-                         reference=reference, log_evidence=log_evidence)
+                         reference=reference, log_evidence=log_evidence, evidence=evidence)
     return dest, results
+
+
+def estimate_evidence(recipe: Recipe, results: Sequence[FitResult]) -> list:
+    """Every estimator of ``[evidence]`` on the fits it applies to; one that cannot run (a
+    ZooError: too few draws, a delta guide, no closed form) is an "n/a" row, not a crash."""
+    from .compare import estimate_all
+
+    rows = []
+    for entry in recipe.models:
+        fits = {r.method: (r.fit if r.fit is not None else r.error)
+                for r in results if r.model == entry.label}
+        rows += estimate_all(entry.label, fits, recipe.evidence["estimators"], seed=recipe.seed,
+                             bridge_proposal=recipe.evidence["bridge_proposal"])
+    return rows
 
 
 @contextlib.contextmanager

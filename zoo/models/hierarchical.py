@@ -1,4 +1,4 @@
-"""Hierarchical models: the eight schools, centered and non-centered.
+"""Hierarchical models: the eight schools, centered and non-centered, and the two pooling extremes.
 
 Priors follow posteriordb's ``eight_schools_noncentered`` exactly, and site names follow its
 parameter names (``mu``, ``tau``, ``theta``, ``theta_trans``), so draws compare directly with
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import pyro
 import pyro.distributions as dist
+import torch
 from torch import Tensor
 
+from ..errors import ZooError
 from ..registry import register_model
 
 REFERENCES = (
@@ -73,4 +75,84 @@ def eight_schools_noncentered(sigma: Tensor, y: Tensor | None = None, J: int | N
     with pyro.plate("schools", _schools(J, sigma), dim=-1):
         theta_trans = pyro.sample("theta_trans", dist.Normal(0.0, 1.0))
         theta = pyro.deterministic("theta", mu + tau * theta_trans)
+        return pyro.sample("y", dist.Normal(theta, sigma), obs=y)
+
+
+# -- the two extremes of pooling: Gaussian, so the evidence and posterior are closed forms ----
+PRIOR_SCALE = 5.0  # the same Normal(0, 5) as mu above, so the three models compare fairly
+
+
+def _gaussian_parts(sigma: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+    if y is None:
+        raise ZooError("eight schools: the exact posterior and evidence need the observed 'y'")
+    dtype = torch.get_default_dtype()
+    return torch.as_tensor(y, dtype=dtype), torch.as_tensor(sigma, dtype=dtype)
+
+
+def complete_pooling_exact_posterior(sigma: Tensor, y: Tensor | None = None,
+                                     J: int | None = None) -> dict[str, dist.Distribution]:
+    """mu | y ~ Normal: prior and school precisions add."""
+    y, sigma = _gaussian_parts(sigma, y)
+    precision = PRIOR_SCALE**-2 + (sigma**-2).sum()
+    return {"mu": dist.Normal((y / sigma**2).sum() / precision, precision.rsqrt())}
+
+
+def complete_pooling_exact_log_evidence(sigma: Tensor, y: Tensor | None = None,
+                                        J: int | None = None) -> float:
+    """y ~ MVN(0, diag(sigma²) + 25 11ᵀ): mu is shared, so the schools are correlated."""
+    y, sigma = _gaussian_parts(sigma, y)
+    cov = torch.diag(sigma**2) + PRIOR_SCALE**2
+    return float(dist.MultivariateNormal(torch.zeros_like(y), covariance_matrix=cov).log_prob(y))
+
+
+def no_pooling_exact_posterior(sigma: Tensor, y: Tensor | None = None,
+                               J: int | None = None) -> dict[str, dist.Distribution]:
+    """theta[j] | y ~ Normal, independently per school."""
+    y, sigma = _gaussian_parts(sigma, y)
+    precision = PRIOR_SCALE**-2 + sigma**-2
+    return {"theta": dist.Normal(y / sigma**2 / precision, precision.rsqrt())}
+
+
+def no_pooling_exact_log_evidence(sigma: Tensor, y: Tensor | None = None,
+                                  J: int | None = None) -> float:
+    """Σ_j log N(y[j]; 0, sqrt(sigma[j]² + 25)): independent schools."""
+    y, sigma = _gaussian_parts(sigma, y)
+    return float(dist.Normal(0.0, (sigma**2 + PRIOR_SCALE**2).sqrt()).log_prob(y).sum())
+
+
+@register_model(
+    observed=("y",),
+    data_shapes={"y": ("J",), "sigma": ("J",)},
+    default_dataset="eight_schools",
+    references=REFERENCES,
+    exact_posterior=complete_pooling_exact_posterior,
+    exact_log_evidence=complete_pooling_exact_log_evidence,
+)
+def eight_schools_complete_pooling(sigma: Tensor, y: Tensor | None = None, J: int | None = None):
+    """Eight schools, complete pooling: one effect shared by every school (tau = 0).
+
+    mu ~ Normal(0, 5)
+    y[j] ~ Normal(mu, sigma[j])
+    """
+    mu = pyro.sample("mu", dist.Normal(0.0, PRIOR_SCALE))
+    with pyro.plate("schools", _schools(J, sigma), dim=-1):
+        return pyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+
+@register_model(
+    observed=("y",),
+    data_shapes={"y": ("J",), "sigma": ("J",)},
+    default_dataset="eight_schools",
+    references=REFERENCES,
+    exact_posterior=no_pooling_exact_posterior,
+    exact_log_evidence=no_pooling_exact_log_evidence,
+)
+def eight_schools_no_pooling(sigma: Tensor, y: Tensor | None = None, J: int | None = None):
+    """Eight schools, no pooling: independent school effects (tau = ∞, with a Normal(0, 5) prior).
+
+    theta[j] ~ Normal(0, 5)
+    y[j] ~ Normal(theta[j], sigma[j])
+    """
+    with pyro.plate("schools", _schools(J, sigma), dim=-1):
+        theta = pyro.sample("theta", dist.Normal(0.0, PRIOR_SCALE))
         return pyro.sample("y", dist.Normal(theta, sigma), obs=y)
