@@ -21,6 +21,8 @@ from pyro.poutine.util import prune_subsample_sites
 Draws = dict[str, torch.Tensor]  # site -> tensor shaped (S, *site_shape)
 
 _DRAWS_PLATE = "_zoo_draws"
+# What a model that is not plate-correct raises under the extra plate.
+_NOT_VECTORISABLE = (ValueError, RuntimeError, IndexError, NotImplementedError)
 
 
 def get_trace(model: Callable, data: Mapping, condition: Mapping | None = None):
@@ -173,7 +175,7 @@ def evaluate(
     if vectorize:
         try:
             out = _vectorized(model, draws, data, sites, log_prob, ref)
-        except (ValueError, RuntimeError, IndexError, NotImplementedError):
+        except _NOT_VECTORISABLE:
             out = None
         # Guard against a model that broadcasts wrongly under the extra plate: the first
         # draw must reproduce the plain run (exactly for log-densities and deterministic
@@ -196,28 +198,35 @@ def _agrees(out: Draws, ref, sites, log_prob: bool) -> bool:
     return True
 
 
+def _sample_under_plate(fn: Callable, data: Mapping, num_samples: int, sites: list[str],
+                        nesting: int, ref=None):
+    """Run ``fn`` once under an outer plate of ``num_samples``; return its trace and ``sites``
+    reshaped to (S, *shape of a plain run). Raises ValueError when a site did not vectorise."""
+
+    def vectorized(**kw):
+        with pyro.plate(_DRAWS_PLATE, num_samples, dim=-nesting - 1):
+            return fn(**kw)
+
+    trace, ref = get_trace(vectorized, data), ref or get_trace(fn, data)
+    out = {}
+    for n in sites:
+        want = ref.nodes[n]["value"].shape
+        value = trace.nodes[n]["value"]
+        if value.numel() != num_samples * want.numel():
+            raise ValueError(f"site {n!r} did not vectorise")
+        out[n] = value.reshape((num_samples,) + tuple(want))
+    return trace, out
+
+
 def prior_draws(model: Callable, data: Mapping, num_samples: int, vectorize: bool = True) -> Draws:
     """Draws of every latent, deterministic and observed site from the prior."""
     ref = get_trace(model, data)
     sites = latent_sites(ref) + deterministic_sites(ref) + observed_sites(ref)
     if vectorize:
         try:
-            nesting = max_plate_nesting(ref)
-
-            def vectorized_model(**kw):
-                with pyro.plate(_DRAWS_PLATE, num_samples, dim=-nesting - 1):
-                    return model(**kw)
-
-            trace = get_trace(vectorized_model, data)
-            out = {}
-            for n in sites:
-                want = ref.nodes[n]["value"].shape
-                value = trace.nodes[n]["value"]
-                if value.numel() != num_samples * want.numel():
-                    raise ValueError(n)
-                out[n] = value.reshape((num_samples,) + tuple(want))
-            return out
-        except (ValueError, RuntimeError, IndexError, NotImplementedError):
+            return _sample_under_plate(model, data, num_samples, sites, max_plate_nesting(ref),
+                                       ref)[1]
+        except _NOT_VECTORISABLE:
             pass
     traces = [get_trace(model, data) for _ in range(num_samples)]
     return {n: torch.stack([t.nodes[n]["value"] for t in traces]) for n in sites}
@@ -231,23 +240,11 @@ def guide_draws(guide: Callable, data: Mapping, num_samples: int, sites: list[st
     site and put the log-Jacobian in a Delta at the constrained value, so the sum is the density
     of the constrained draw. One pass under an outer plate, else a loop."""
     try:
-        def vectorized_guide(**kw):
-            with pyro.plate(_DRAWS_PLATE, num_samples, dim=-max_plate_nesting - 1):
-                return guide(**kw)
-
-        trace = get_trace(vectorized_guide, data)
-        ref = get_trace(guide, data)
-        out = {}
-        for n in sites:
-            want = ref.nodes[n]["value"].shape
-            value = trace.nodes[n]["value"]
-            if value.numel() != num_samples * want.numel():
-                raise ValueError(n)
-            out[n] = value.reshape((num_samples,) + tuple(want))
+        trace, out = _sample_under_plate(guide, data, num_samples, sites, max_plate_nesting)
         log_q = sum(_per_draw(s["fn"].log_prob(s["value"]), num_samples)
                     for s in trace.nodes.values() if s["type"] == "sample")
         return out, log_q
-    except (ValueError, RuntimeError, IndexError, NotImplementedError):
+    except _NOT_VECTORISABLE:
         traces = [get_trace(guide, data) for _ in range(num_samples)]
         out = {n: torch.stack([t.nodes[n]["value"] for t in traces]) for n in sites}
         log_q = torch.stack([sum(s["fn"].log_prob(s["value"]).sum() for s in t.nodes.values()
