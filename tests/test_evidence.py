@@ -188,3 +188,15 @@ def test_laplace_curvature_is_right_at_a_symmetric_mode():
     data = {**zoo.load_dataset("coin_flips"), "prior_a": 30.0, "prior_b": 30.0}
     fit = zoo.fit("beta_binomial", data, method="laplace")
     assert abs(float(fit.info["hessian"][0, 0]) - 40.0) < 1e-5
+
+
+def test_evidence_from_a_fit_that_failed_its_checks_says_so():
+    # The centered eight-schools funnel diverges; bridge sampling on those draws is biased,
+    # so the estimate must carry a warning rather than look like any other number.
+    data = default_data("eight_schools_centered")
+    fit = zoo.fit("eight_schools_centered", data, method="nuts", seed=0, num_warmup=200,
+                  num_samples=400, num_chains=2)
+    assert not fit.converged
+    with pytest.warns(ConvergenceWarning, match="failed its convergence checks"):
+        est = fit.log_evidence("bridge")
+    assert any("divergences" in w for w in est.warnings)

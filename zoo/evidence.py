@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -252,7 +253,16 @@ def estimate(fit: "Fit", method: str | None = None, **kwargs) -> Evidence:
     if method not in _ESTIMATORS:
         raise unknown("evidence method", method, _ESTIMATORS)
     _check_proper(fit)
-    return _ESTIMATORS[method](fit, **kwargs)
+    result = _ESTIMATORS[method](fit, **kwargs)
+    if method != "exact" and not fit.converged:
+        # An estimate built on draws or a mode that failed their checks inherits their bias
+        # (e.g. bridge sampling on a divergent NUTS fit misses the funnel's neck).
+        failed = ", ".join(fit.checks().query("kind == 'convergence' and not passed")["check"])
+        out: list[str] = list(result.warnings)
+        _warn(fit, f"the {fit.method} fit failed its convergence checks ({failed}); this "
+              "estimate inherits that bias and its MCSE understates the error", out)
+        result = dataclasses.replace(result, warnings=tuple(out))
+    return result
 
 
 def log_evidence(model, data: Mapping, method: str = "bridge", seed: int = 0,
