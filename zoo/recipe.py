@@ -20,6 +20,7 @@ import tomllib
 
 from . import registry
 from .errors import ZooError, did_you_mean
+from .evidence import ESTIMATORS
 from .inference.settings import SETTINGS, validate_settings
 
 SECTIONS = ("recipe", "data", "models", "inference", "smoke", "reference", "evidence")
@@ -29,7 +30,6 @@ DATA_KEYS = ("dataset", "args")
 MODEL_KEYS = ("name", "label", "args")
 REFERENCE_KEYS = ("posteriordb", "root")
 EVIDENCE_KEYS = ("estimators", "prior", "bridge_proposal")
-ESTIMATORS = ("exact", "laplace", "importance", "bridge")  # as zoo.evidence.ESTIMATORS
 BRIDGE_PROPOSALS = ("normal", "warp3")
 COMMON_EXTRA = ("dtype",)  # handled by zoo.fit itself, valid for every method
 DTYPES = ("float64", "float32")

@@ -10,11 +10,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -22,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .inference import versions
 from .recipe import Recipe
 
 SUMMARY_MAX_ROWS = 25  # per fit in report.md; summary.csv has every row
@@ -188,17 +187,6 @@ def _comparison_md(r: FitResult) -> str:
     if "sd_ratio" in df:  # posteriordb's criterion: posterior sds agree within 10%
         df["sd within 10%"] = ["yes" if abs(r - 1) <= SD_TOLERANCE else "**no**" for r in df["sd_ratio"]]
     return md_table(df)
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for label, dist in [("torch", "torch"), ("pyro", "pyro-ppl"), ("arviz", "arviz"),
-                        ("numpy", "numpy"), ("pandas", "pandas")]:
-        try:
-            out[label] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[label] = "not installed"
-    return out
 
 
 # -- report.md ------------------------------------------------------------------------------
