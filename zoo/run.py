@@ -256,4 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `python -m zoo.run --list | head`: the reader left, not an error
+        sys.stderr.close()
+        sys.exit(0)
