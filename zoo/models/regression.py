@@ -190,7 +190,8 @@ def polynomial_regression(
     return _nig_regression(features, y, prior_a, prior_b, prior_scale, subsample_size)
 
 
-def polynomial_exact_posterior(
+def _on_polynomial_features(
+    exact,
     degree: int,
     x: Tensor,
     y: Tensor | None = None,
@@ -198,24 +199,10 @@ def polynomial_exact_posterior(
     prior_b: float = PRIOR_B,
     prior_scale: float = PRIOR_SCALE,
     subsample_size: int | None = None,
-) -> dict[str, dist.Distribution]:
-    y = _observed(y, f"polynomial_d{degree}")
-    features = polynomial_features(x, degree)
-    return nig_marginals(nig_posterior(features, y, prior_a, prior_b, prior_scale))
-
-
-def polynomial_exact_log_evidence(
-    degree: int,
-    x: Tensor,
-    y: Tensor | None = None,
-    prior_a: float = PRIOR_A,
-    prior_b: float = PRIOR_B,
-    prior_scale: float = PRIOR_SCALE,
-    subsample_size: int | None = None,
-) -> float:
-    y = _observed(y, f"polynomial_d{degree}")
-    features = polynomial_features(x, degree)
-    return float(nig_log_evidence(features, y, prior_a, prior_b, prior_scale))
+):
+    """A linear_regression closed form evaluated on the design matrix [1, x, ..., x^degree]
+    (the signature is the model's, so the spec's exact forms take the same arguments)."""
+    return exact(polynomial_features(x, degree), y, prior_a, prior_b, prior_scale, subsample_size)
 
 
 _POLYNOMIAL_DOC = """Polynomial regression of degree {k} with the conjugate NIG prior.
@@ -240,7 +227,9 @@ for _k in range(MAX_DEGREE + 1):
         data_shapes={"x": ("N",), "y": ("N",)},
         default_dataset="polynomial_synthetic",
         references=(PRML_EVIDENCE, MURPHY_NIG),
-        exact_posterior=functools.partial(polynomial_exact_posterior, _k),
-        exact_log_evidence=functools.partial(polynomial_exact_log_evidence, _k),
+        exact_posterior=functools.partial(
+            _on_polynomial_features, linear_regression_exact_posterior, _k),
+        exact_log_evidence=functools.partial(
+            _on_polynomial_features, linear_regression_exact_log_evidence, _k),
     )
 del _k
