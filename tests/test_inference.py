@@ -274,3 +274,25 @@ def test_svi_with_the_models_own_guide_reaches_the_conjugate_posterior():
         assert abs(float(fitted.stddev / exact.stddev) - 1) < 0.10
     with pytest.raises(ZooError, match="has no guide of its own"):
         zoo.fit("normal_normal", default_data("normal_normal"), method="svi", guide="model")
+
+
+@pytest.mark.parametrize(
+    "method,settings",
+    [
+        ("svi", {"guide": "lowrank_mvn", "elbo": "meanfield", "optimizer": "clipped_adam"}),
+        ("svi", {"guide": "mvn", "num_particles": 3, "subsample_size": 20}),
+        ("svi", {"guide": "delta"}),
+        ("nuts", {"jit": True, "dense_mass": True, "init_strategy": "median"}),
+    ],
+)
+def test_every_setting_path_runs_and_is_recorded(method, settings):
+    # The option combinations the smoke loop above does not reach: each must run and be
+    # recorded in fit.settings (reports print them), with the ELBO or draws finite.
+    data = default_data("linear_regression")
+    fit = zoo.fit("linear_regression", data, method=method, seed=0,
+                  **{**SMOKE[method], "num_samples": 30, **settings})
+    for key, value in settings.items():
+        assert fit.settings[key] == value
+    assert all(np.isfinite(v).all() for v in fit.posterior.values())
+    if method == "svi":
+        assert np.isfinite(fit.info["elbo"]).all()
