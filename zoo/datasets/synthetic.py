@@ -90,6 +90,22 @@ def _polynomial(n: int, degree: int, noise: float, seed: int) -> tuple[Data, Tru
     return {"x": _tensor(x), "y": _tensor(y)}, {"beta": beta, "sigma": noise}
 
 
+def _radon(num_groups: int, n: int, seed: int) -> tuple[Data, Truth]:
+    _require(num_groups >= 1 and n >= num_groups,
+             f"radon_synthetic: need n >= num_groups >= 1, got n={n}, num_groups={num_groups}")
+    rng = np.random.default_rng(seed)
+    weights = rng.lognormal(0.0, 1.2, num_groups)
+    extra = rng.choice(num_groups, size=n - num_groups, p=weights / weights.sum())
+    group = np.concatenate([np.arange(num_groups), extra])  # every group at least once
+    rng.shuffle(group)
+    a = 1.5 + 0.3 * rng.standard_normal(num_groups)
+    b = -0.6 + 0.2 * rng.standard_normal(num_groups)
+    x = (rng.random(n) < 0.2).astype(float)
+    y = a[group] + b[group] * x + 0.75 * rng.standard_normal(n)
+    data = {"x": _tensor(x), "group": _tensor(group), "y": _tensor(y), "num_groups": int(num_groups)}
+    return data, {"a": a, "b": b, "sigma_y": 0.75}
+
+
 # --------------------------------------------------------------------------------------------
 # Registered loaders
 # --------------------------------------------------------------------------------------------
@@ -153,12 +169,25 @@ def polynomial_synthetic(n: int = 30, degree: int = 2, noise: float = 0.3, seed:
     return _polynomial(n, degree, noise, seed)[0]
 
 
+@register_dataset(synthetic=True, source="zoo.datasets.synthetic (numpy default_rng(seed))")
+def radon_synthetic(num_groups: int = 85, n: int = 900, seed: int = 0) -> Data:
+    """Radon-like grouped data: n households in num_groups counties of very uneven size.
+
+    Sizes follow the Minnesota radon data's skew (a few large counties, many with a handful of
+    households; every county has at least one); x = floor (0 basement, 1 first floor, P = 0.2);
+    a[j] ~ Normal(1.5, 0.3), b[j] ~ Normal(-0.6, 0.2), y = a[g] + b[g] x + Normal(0, 0.75).
+    For hierarchical_linear; truth: a, b, sigma_y.
+    """
+    return _radon(num_groups, n, seed)[0]
+
+
 _MAKERS: dict[str, tuple[Callable[..., Data], Callable[..., tuple[Data, Truth]]]] = {
     "binomial_synthetic": (binomial_synthetic, _binomial),
     "normal_synthetic": (normal_synthetic, _normal),
     "linear_synthetic": (linear_synthetic, _linear),
     "logistic_synthetic": (logistic_synthetic, _logistic),
     "polynomial_synthetic": (polynomial_synthetic, _polynomial),
+    "radon_synthetic": (radon_synthetic, _radon),
 }
 
 
@@ -173,3 +202,4 @@ def synthetic_truth(name: str, **args) -> Truth:
         raise ZooError(f"synthetic_truth({name!r}): {e}") from None
     bound.apply_defaults()
     return maker(**bound.arguments)[1]
+
