@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -13,6 +14,7 @@ from zoo import tracing
 from zoo.data import prepare
 from zoo.errors import NotPositiveDefiniteError, ZooError
 from zoo.fit import default_dtype
+from zoo.inference import resolve_method
 
 from conftest import SMOKE
 
@@ -29,9 +31,9 @@ def test_every_model_fits_with_every_method(name, method):
     fit = zoo.fit(name, data, method=method, seed=0, **SMOKE[method])
     idata = fit.to_inference_data()
     for group in ("posterior", "log_likelihood", "posterior_predictive", "observed_data",
-                  "sample_stats" if method == "nuts" else "posterior", "prior"):
+                  "sample_stats" if method in ("nuts", "chees") else "posterior", "prior"):
         assert group in idata.groups(), f"{name}/{method} lacks {group}"
-    chains = SMOKE["nuts"]["num_chains"] if method == "nuts" else 1
+    chains = SMOKE[method].get("num_chains", 1)
     draws = SMOKE[method]["num_samples"]
     for site, values in fit.posterior.items():
         assert values.shape[:2] == (chains, draws), site
@@ -182,12 +184,22 @@ def test_parallel_chains_equal_sequential():
     np.testing.assert_array_equal(a.posterior["mu"], b.posterior["mu"])
 
 
-def test_same_seed_same_draws_and_mcmc_is_nuts():
+@pytest.mark.parametrize("method", ["nuts", "chees"])
+def test_same_seed_same_draws(method):
     data = default_data("beta_binomial")
-    a = zoo.fit("beta_binomial", data, method="mcmc", seed=5, **SMOKE["nuts"])
-    b = zoo.fit("beta_binomial", data, method="nuts", seed=5, **SMOKE["nuts"])
-    assert a.method == "nuts"
+    a = zoo.fit("beta_binomial", data, method=method, seed=5, **SMOKE[method])
+    b = zoo.fit("beta_binomial", data, method=method, seed=5, **SMOKE[method])
     np.testing.assert_array_equal(a.posterior["p"], b.posterior["p"])
+    c = zoo.fit("beta_binomial", data, method=method, seed=6, **SMOKE[method])
+    assert not np.array_equal(a.posterior["p"], c.posterior["p"])
+
+
+def test_mcmc_means_chees_where_the_model_vectorises():
+    data = default_data("beta_binomial")
+    assert zoo.fit("beta_binomial", data, method="mcmc", **SMOKE["chees"]).method == "chees"
+    spec = zoo.get_model("beta_binomial")
+    assert resolve_method("mcmc", spec) == "chees"
+    assert resolve_method("mcmc", dataclasses.replace(spec, vectorizable=False)) == "nuts"
 
 
 # --- Laplace mechanics ---------------------------------------------------------------------
@@ -283,6 +295,7 @@ def test_svi_with_the_models_own_guide_reaches_the_conjugate_posterior():
         ("svi", {"guide": "mvn", "num_particles": 3, "subsample_size": 20}),
         ("svi", {"guide": "delta"}),
         ("nuts", {"jit": True, "dense_mass": True, "init_strategy": "median"}),
+        ("chees", {"jit": False, "dense_mass": True, "init_strategy": "median", "num_superchains": 2}),
     ],
 )
 def test_every_setting_path_runs_and_is_recorded(method, settings):

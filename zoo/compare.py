@@ -31,7 +31,7 @@ KASS_RAFTERY = ((3.2, "not worth more than a bare mention"), (10.0, "substantial
                 (100.0, "strong"), (math.inf, "decisive"))
 # Most accurate first: a closed form, then bridge sampling (MCMC draws, consistent), then
 # importance sampling (exact in the limit but fragile in the tails), then Laplace (O(1/n) bias).
-PREFERENCE = (("exact", None), ("bridge", "nuts"), ("importance", "laplace"),
+PREFERENCE = (("exact", None), ("bridge", "chees"), ("bridge", "nuts"), ("importance", "laplace"),
               ("importance", "svi"), ("laplace", "laplace"))
 PRIOR_TOLERANCE = 1e-6
 
@@ -166,7 +166,7 @@ class EvidenceRow:
         return f"{self.estimator} ({self.fit})" if self.estimator == "importance" else self.estimator
 
 
-_SOURCES = {"exact": ("any",), "bridge": ("nuts",), "importance": ("svi", "laplace"),
+_SOURCES = {"exact": ("any",), "bridge": ("chees", "nuts"), "importance": ("svi", "laplace"),
             "laplace": ("laplace",)}
 
 

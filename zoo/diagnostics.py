@@ -3,14 +3,18 @@
 InferenceData is built with ``az.from_dict`` (not ``from_pyro``, which ArviZ 1.x dropped), so
 this module works with ArviZ 0.23 on Python 3.11 and 1.x on newer Pythons. Checks follow
 posteriordb's ``checks_made`` and Vehtari et al. (2021): R-hat < 1.01, bulk and tail ESS of at
-least 100 per chain, no divergences, E-BFMI ≥ 0.3, Pareto k̂ < 0.7 for PSIS-LOO.
+least 100 per chain (for at most 4 chains: 400 in all), no divergences, E-BFMI ≥ 0.3, Pareto
+k̂ < 0.7 for PSIS-LOO. Many short chains (chees) are judged by nested R-hat < 1.01 (Margossian
+et al. 2024) instead: classic R-hat demands that every short chain mix on its own, which
+128 chains of 100 draws need not do to give a good pooled sample.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -23,11 +27,14 @@ with warnings.catch_warnings():  # ArviZ announces its 1.0 refactor on import
 # ArviZ 0.23 logs through its own Logger instance (az._log), not logging.getLogger("arviz").
 getattr(az, "_log", logging.getLogger("arviz")).setLevel(logging.ERROR)
 
+from .registry import MCMC_METHODS
+
 if TYPE_CHECKING:
     from .fit import Fit
 
 RHAT_MAX = 1.01
 ESS_PER_CHAIN = 100
+ESS_CHAINS_MAX = 4  # ESS target: 100 per chain up to 4 chains (400), not 12,800 for 128 chains
 BFMI_MIN = 0.3
 PARETO_K_MAX = 0.7
 
@@ -36,7 +43,7 @@ def to_inference_data(fit: "Fit", prior_samples: int = 500) -> az.InferenceData:
     observed = {site: fit.data[key] for site, key in fit.observed.items() if key in fit.data}
     prior = fit.prior(prior_samples)
     sample_stats = dict(fit.sample_stats)
-    return az.from_dict(
+    return _from_dict(
         posterior=fit.posterior,
         sample_stats=sample_stats or None,
         log_likelihood=fit.log_likelihood(),
@@ -48,8 +55,22 @@ def to_inference_data(fit: "Fit", prior_samples: int = 500) -> az.InferenceData:
     )
 
 
+def _from_dict(**groups) -> az.InferenceData:
+    with _many_chains_ok():
+        return az.from_dict(**groups)
+
+
+@contextlib.contextmanager
+def _many_chains_ok() -> Iterator[None]:
+    """128 chains of 100 draws (chees) are legitimate; ArviZ suspects swapped axes and warns."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"More chains \(\d+\) than draws",
+                                category=UserWarning)
+        yield
+
+
 def _posterior_only(fit: "Fit") -> az.InferenceData:
-    return az.from_dict(posterior=fit.posterior)
+    return _from_dict(posterior=fit.posterior)
 
 
 def summary(fit: "Fit", hdi_prob: float = 0.94, **kwargs) -> pd.DataFrame:
@@ -62,7 +83,7 @@ def summary(fit: "Fit", hdi_prob: float = 0.94, **kwargs) -> pd.DataFrame:
 def _loo_check(fit: "Fit") -> dict | None:
     if all(np.ptp(v) == 0 for v in fit.posterior.values()):
         return None  # a point estimate (MAP) has no spread for PSIS to weight
-    idata = az.from_dict(posterior=fit.posterior, log_likelihood=fit.log_likelihood())
+    idata = _from_dict(posterior=fit.posterior, log_likelihood=fit.log_likelihood())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loo = az.loo(idata, pointwise=True)
@@ -73,33 +94,13 @@ def _loo_check(fit: "Fit") -> dict | None:
 
 def checks(fit: "Fit") -> pd.DataFrame:
     """Pass/fail checks. ``kind`` is "convergence" (the fit can be trusted as a posterior
-    sample) or "loo" (PSIS-LOO is reliable); ``Fit.converged`` uses the former."""
+    sample), "loo" (PSIS-LOO is reliable) or "info" (reported, decides nothing);
+    ``Fit.converged`` uses the first."""
     rows = []
     if "checks" in fit._cache:
         return fit._cache["checks"]
-    if fit.method == "nuts":
-        s = summary(fit, round_to="none")
-        n_min = ESS_PER_CHAIN * fit.num_chains
-        rows += [
-            {"check": "max R-hat", "value": float(s["r_hat"].max()), "threshold": f"< {RHAT_MAX}",
-             "passed": bool(s["r_hat"].max() < RHAT_MAX)},
-            {"check": "min bulk ESS", "value": float(s["ess_bulk"].min()), "threshold": f">= {n_min}",
-             "passed": bool(s["ess_bulk"].min() >= n_min)},
-            {"check": "min tail ESS", "value": float(s["ess_tail"].min()), "threshold": f">= {n_min}",
-             "passed": bool(s["ess_tail"].min() >= n_min)},
-            {"check": "divergences", "value": int(fit.sample_stats["diverging"].sum()),
-             "threshold": "= 0", "passed": not fit.sample_stats["diverging"].any()},
-        ]
-        energy = fit.sample_stats.get("energy")
-        if energy is not None and energy.shape[1] > 2:
-            bfmi = float(np.min(az.bfmi(energy)))
-            rows.append({"check": "min E-BFMI", "value": bfmi, "threshold": f">= {BFMI_MIN}",
-                         "passed": bool(bfmi >= BFMI_MIN)})
-        depth = fit.sample_stats.get("tree_depth")
-        if depth is not None:
-            frac = float((depth >= fit.settings["max_tree_depth"]).mean())
-            rows.append({"check": "max tree depth hit", "value": frac, "threshold": "= 0",
-                         "passed": frac == 0})
+    if fit.method in MCMC_METHODS:
+        rows += _mcmc_checks(fit)
     elif fit.method == "svi":
         rows.append({"check": "ELBO converged", "value": fit.info["num_steps_run"],
                      "threshold": f"relative change < {fit.settings['tol']}",
@@ -122,11 +123,84 @@ def checks(fit: "Fit") -> pd.DataFrame:
     return table
 
 
+def _mcmc_checks(fit: "Fit") -> list[dict]:
+    s = summary(fit, round_to="none")
+    n_min = ESS_PER_CHAIN * min(fit.num_chains, ESS_CHAINS_MAX)
+    superchains = fit.info.get("num_superchains", 1)
+    rhat = {"check": "max R-hat", "value": float(s["r_hat"].max()), "threshold": f"< {RHAT_MAX}",
+            "passed": bool(s["r_hat"].max() < RHAT_MAX)}
+    rows = []
+    if 1 < superchains < fit.num_chains:
+        nested = max(nested_rhat(v, superchains) for _, v in _all_elements(fit))
+        rows.append({"check": "max nested R-hat", "value": nested, "threshold": f"< {RHAT_MAX}",
+                     "passed": bool(nested < RHAT_MAX)})
+        rhat["kind"] = "info"  # reported; nested R-hat decides for many short chains
+    rows += [
+        rhat,
+        {"check": "min bulk ESS", "value": float(s["ess_bulk"].min()), "threshold": f">= {n_min}",
+         "passed": bool(s["ess_bulk"].min() >= n_min)},
+        {"check": "min tail ESS", "value": float(s["ess_tail"].min()), "threshold": f">= {n_min}",
+         "passed": bool(s["ess_tail"].min() >= n_min)},
+        {"check": "divergences", "value": int(fit.sample_stats["diverging"].sum()),
+         "threshold": "= 0", "passed": not fit.sample_stats["diverging"].any()},
+    ]
+    energy = fit.sample_stats.get("energy")
+    if energy is not None and energy.shape[1] > 2:
+        bfmi = pooled_bfmi(energy) if superchains > 1 else _min_bfmi(energy)
+        rows.append({"check": "min E-BFMI" if superchains == 1 else "pooled E-BFMI", "value": bfmi,
+                     "threshold": f">= {BFMI_MIN}", "passed": bool(bfmi >= BFMI_MIN)})
+    depth = fit.sample_stats.get("tree_depth")
+    if depth is not None:
+        frac = float((depth >= fit.settings["max_tree_depth"]).mean())
+        rows.append({"check": "max tree depth hit", "value": frac, "threshold": "= 0",
+                     "passed": frac == 0})
+    if "max_leapfrog" in fit.settings and "n_steps" in fit.sample_stats:
+        frac = float((fit.sample_stats["n_steps"] >= fit.settings["max_leapfrog"]).mean())
+        rows.append({"check": "max_leapfrog hit", "value": frac, "threshold": "= 0",
+                     "passed": frac == 0})
+    return rows
+
+
+def _min_bfmi(energy: np.ndarray) -> float:
+    with _many_chains_ok():
+        return float(np.min(az.bfmi(energy)))
+
+
+def nested_rhat(values: np.ndarray, num_superchains: int) -> float:
+    """Nested R-hat (Margossian et al. 2024, eq. 17-19) of a (chain, draw) array whose chains
+    come in ``num_superchains`` consecutive, equal groups that each started from one point.
+
+    nR̂ = sqrt(1 + B̂ / Ŵ): B̂ the variance of the superchain means, Ŵ the mean over
+    superchains of (the variance of its chain means + its mean within-chain variance)."""
+    c, n = values.shape
+    x = values.reshape(num_superchains, c // num_superchains, n)
+    chain_mean = x.mean(-1)
+    super_mean = chain_mean.mean(-1)
+    between_super = super_mean.var(ddof=1)
+    between_chain = chain_mean.var(-1, ddof=1) if x.shape[1] > 1 else 0.0
+    within_chain = x.var(-1, ddof=1).mean(-1) if n > 1 else 0.0
+    within = np.mean(between_chain + within_chain)
+    return float(np.sqrt(1 + between_super / within)) if within > 0 else float("nan")
+
+
+def pooled_bfmi(energy: np.ndarray) -> float:
+    """E-BFMI over all chains at once: Σ (E_t − E_t−1)² / Σ (E_t − Ē_chain)². Per chain, 100
+    draws make each estimate too noisy for a minimum over 128 chains to mean anything."""
+    num = np.sum(np.diff(energy, axis=1) ** 2)
+    den = np.sum((energy - energy.mean(axis=1, keepdims=True)) ** 2)
+    return float(num / den)
+
+
+def _all_elements(fit: "Fit"):
+    for name in fit.latent_names:
+        yield from _elements(name, fit.posterior[name])
+
+
 def failed_checks(fit: "Fit") -> list[str]:
     """One line per failed check, for ``Fit.warnings``."""
     t = checks(fit)
     return [f"check failed: {r.check} = {r.value:.4g} (want {r.threshold})"
-            for r in t.itertuples() if not r.passed]
+            for r in t.itertuples() if not r.passed and r.kind != "info"]
 
 
 def _elements(name: str, values: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -139,7 +213,10 @@ def _elements(name: str, values: np.ndarray) -> list[tuple[str, np.ndarray]]:
 
 
 def _mcse_mean(values: np.ndarray) -> float:
-    return float(az.mcse(values, method="mean")) if values.ndim == 2 else float("nan")
+    if values.ndim != 2:
+        return float("nan")
+    with _many_chains_ok():
+        return float(az.mcse(values, method="mean"))
 
 
 def compare_exact(fit: "Fit") -> pd.DataFrame | None:
@@ -184,7 +261,8 @@ def compare_reference(fit: "Fit", reference: Mapping[str, np.ndarray]) -> pd.Dat
 
 def ess(values: np.ndarray) -> float:
     """Bulk ESS of a (chain, draw) array (ArviZ's rank-normalised multi-chain estimate)."""
-    return float(az.ess(np.asarray(values, dtype=float)))
+    with _many_chains_ok():
+        return float(az.ess(np.asarray(values, dtype=float)))
 
 
 def max_rhat(values: np.ndarray) -> float:
@@ -192,7 +270,8 @@ def max_rhat(values: np.ndarray) -> float:
     values = np.asarray(values, dtype=float)
     if values.shape[0] < 2:
         return float("nan")
-    return float(max(az.rhat(values[..., i]) for i in range(values.shape[-1])))
+    with _many_chains_ok():
+        return float(max(az.rhat(values[..., i]) for i in range(values.shape[-1])))
 
 
 def pareto_k(log_weights: np.ndarray) -> float:

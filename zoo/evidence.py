@@ -29,6 +29,7 @@ import torch
 from .errors import ConvergenceWarning, ZooError, unknown
 from .fit import default_dtype
 from .logdensity import LogJoint
+from .registry import MCMC_METHODS
 
 if TYPE_CHECKING:
     from .fit import Fit
@@ -164,20 +165,24 @@ def bridge(fit: "Fit", proposal: str = "normal", tol: float = 1e-10, max_iter: i
            seed: int = 0) -> Evidence:
     from . import diagnostics
 
-    if fit.method != "nuts":
-        raise ZooError(f"bridge sampling needs MCMC draws (a NUTS fit; this one is {fit.method!r}); "
+    if fit.method not in MCMC_METHODS:
+        raise ZooError(f"bridge sampling needs MCMC draws (a chees or NUTS fit; this one is {fit.method!r}); "
                        "use 'importance' or 'laplace' for SVI and Laplace fits")
     if proposal not in ("normal", "warp3"):
         raise unknown("bridge proposal", proposal, ("normal", "warp3"))
-    half = fit.num_draws // 2
-    if half < MIN_BRIDGE_DRAWS:
-        raise ZooError(f"bridge sampling needs at least {2 * MIN_BRIDGE_DRAWS} draws per chain "
-                       f"(this fit has {fit.num_draws}); raise num_samples")
+    c, half, half_chains = fit.num_chains, fit.num_draws // 2, fit.num_chains // 2
+    if half < MIN_BRIDGE_DRAWS and half_chains * fit.num_draws < MIN_BRIDGE_DRAWS:
+        raise ZooError(f"bridge sampling needs {2 * MIN_BRIDGE_DRAWS} draws per chain, or "
+                       f"{2 * MIN_BRIDGE_DRAWS} in all over at least 2 chains (this fit has "
+                       f"{c} x {fit.num_draws}); raise num_samples")
     with default_dtype(fit.dtype):
         lj = LogJoint(fit.spec, fit.data)
-        c = fit.num_chains
         u = lj.to_unconstrained(fit.draws(lj.latents)).reshape(c, fit.num_draws, -1)
-        fit_half, iter_half = u[:, :half].reshape(-1, lj.dim), u[:, half : 2 * half]
+        if half >= MIN_BRIDGE_DRAWS:  # long chains: their first halves fit the proposal
+            fit_half, iter_half = u[:, :half].reshape(-1, lj.dim), u[:, half : 2 * half]
+        else:  # many short chains (chees): half of the chains fit it
+            fit_half, iter_half = u[:half_chains].reshape(-1, lj.dim), u[half_chains : 2 * half_chains]
+        c, half = iter_half.shape[:2]
         mu = fit_half.mean(0)
         cov = torch.cov(fit_half.T).reshape(lj.dim, lj.dim)
         L = torch.linalg.cholesky(cov + 1e-10 * torch.eye(lj.dim, dtype=cov.dtype))
@@ -229,7 +234,7 @@ def bridge(fit: "Fit", proposal: str = "normal", tol: float = 1e-10, max_iter: i
 
 _ESTIMATORS = {"exact": exact, "laplace": laplace, "importance": importance, "bridge": bridge}
 # The fit each estimator needs when zoo.log_evidence runs one itself.
-_FIT_METHOD = {"exact": "laplace", "laplace": "laplace", "importance": "svi", "bridge": "nuts"}
+_FIT_METHOD = {"exact": "laplace", "laplace": "laplace", "importance": "svi", "bridge": "mcmc"}
 
 
 def _check_proper(fit: "Fit") -> None:
@@ -247,9 +252,10 @@ def _check_proper(fit: "Fit") -> None:
 
 
 def estimate(fit: "Fit", method: str | None = None, **kwargs) -> Evidence:
-    """log Z from a fit: ``bridge`` for NUTS, ``importance`` for SVI, ``laplace`` for Laplace
+    """log Z from a fit: ``bridge`` for MCMC, ``importance`` for SVI, ``laplace`` for Laplace
     by default; ``exact`` for any fit of a model with a closed form."""
-    method = method or {"nuts": "bridge", "svi": "importance", "laplace": "laplace"}[fit.method]
+    method = method or {"chees": "bridge", "nuts": "bridge", "svi": "importance",
+                         "laplace": "laplace"}[fit.method]
     if method not in _ESTIMATORS:
         raise unknown("evidence method", method, _ESTIMATORS)
     _check_proper(fit)

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 MAX_COMPONENTS = 9  # scalar components per figure; beyond this a figure stops being readable
 DPI = 80
-COLORS = {"nuts": "C0", "svi": "C1", "laplace": "C2"}
+COLORS = {"nuts": "C0", "svi": "C1", "laplace": "C2", "chees": "C3"}
 
 
 def _save(fig, folder: Path, name: str) -> str:

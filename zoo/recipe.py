@@ -33,7 +33,7 @@ EVIDENCE_KEYS = ("estimators", "prior", "bridge_proposal")
 BRIDGE_PROPOSALS = ("normal", "warp3")
 COMMON_EXTRA = ("dtype",)  # handled by zoo.fit itself, valid for every method
 DTYPES = ("float64", "float32")
-ALIASES = {"mcmc": "nuts"}  # recipes may say "mcmc"; results are labelled by the real method
+ALIASES = {"mcmc": "chees"}  # recipes may say "mcmc"; results are labelled by the real method
 
 
 @dataclass(frozen=True)

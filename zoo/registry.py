@@ -14,8 +14,10 @@ from typing import Any, Callable, Mapping
 
 from .errors import unknown
 
-METHODS = ("nuts", "svi", "laplace")
+METHODS = ("chees", "nuts", "svi", "laplace")
 """Inference methods a model may support; ``"mcmc"`` is an alias resolved by ``zoo.fit``."""
+
+MCMC_METHODS = ("chees", "nuts")  # methods whose draws are Markov chains
 
 Shape = tuple  # of ints and dimension names, e.g. ("N", "D")
 

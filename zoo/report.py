@@ -22,6 +22,7 @@ import torch
 
 from .inference import versions
 from .recipe import Recipe
+from .registry import MCMC_METHODS
 
 SUMMARY_MAX_ROWS = 25  # per fit in report.md; summary.csv has every row
 Z_FLAG = 4.0  # |z| beyond this many MCSEs is more than Monte Carlo error
@@ -264,7 +265,7 @@ def _evidence_md(rows: Sequence, recipe: Recipe, results: Sequence[FitResult]) -
         lines += [f"- **{label}**: {w}" for label, w in warned["warnings"].items()]
     by_model: dict[str, Any] = {}
     for r in results:
-        if r.fit is not None and (r.model not in by_model or r.method == "nuts"):
+        if r.fit is not None and (r.model not in by_model or r.method in MCMC_METHODS):
             by_model[r.model] = r.fit
     if len(by_model) > 1:
         methods = sorted({f.method for f in by_model.values()})

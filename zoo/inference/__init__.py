@@ -3,8 +3,10 @@
     fit = zoo.fit("eight_schools_noncentered", data, method="nuts", seed=0, num_chains=4)
 
 ``model`` is a registered name or any plain Pyro model function whose observed values are
-keyword arguments; ``data`` a dict of arrays/tensors. ``method="mcmc"`` picks the best MCMC the
-zoo has for the model (NUTS for now).
+keyword arguments; ``data`` a dict of arrays/tensors. ``method="mcmc"`` (the default) picks the
+best MCMC the zoo has for the model: many-chain ChEES-HMC ("chees") for models whose log density
+vectorises over chains, Pyro's NUTS otherwise. A model that turns out not to vectorise when
+"chees" runs falls back to NUTS, and the Fit says so in ``info["fallback"]``.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from ..data import prepare
 from ..errors import ConvergenceWarning, ZooError, unknown
 from ..fit import Fit, default_dtype
 from ..registry import METHODS, ModelSpec, get_model
-from .settings import SETTINGS, LaplaceSettings, NUTSSettings, SVISettings, validate_settings
+from ..logdensity import NotVectorisable
+from .settings import (SETTINGS, CheesSettings, LaplaceSettings, NUTSSettings, SVISettings,
+                       validate_settings)
 
-__all__ = ["fit", "resolve", "SETTINGS", "validate_settings", "NUTSSettings", "SVISettings",
-           "LaplaceSettings", "resolve_method"]
+__all__ = ["fit", "resolve", "SETTINGS", "validate_settings", "NUTSSettings", "CheesSettings",
+           "SVISettings", "LaplaceSettings", "resolve_method"]
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -35,7 +39,8 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 def resolve_method(method: str, spec: ModelSpec | None = None) -> str:
     """Map ``"mcmc"`` to the best MCMC the model supports and check the method exists."""
     if method == "mcmc":
-        method = "nuts"
+        vectorises = spec is None or (spec.vectorizable and "chees" in spec.methods)
+        method = "chees" if vectorises else "nuts"
     if method not in METHODS:
         raise unknown("method", method, list(METHODS) + ["mcmc"])
     if spec is not None and method not in spec.methods:
@@ -87,7 +92,7 @@ def fit(
     dtype: str = "float64",
     **settings,
 ) -> Fit:
-    """Fit ``model`` to ``data`` with ``method`` ("nuts", "svi", "laplace" or "mcmc")."""
+    """Fit ``model`` to ``data`` with ``method`` ("chees", "nuts", "svi", "laplace" or "mcmc")."""
     if dtype not in _DTYPES:
         raise unknown("dtype", dtype, _DTYPES)
     torch_dtype = _DTYPES[dtype]
@@ -100,7 +105,10 @@ def fit(
     pyro.set_rng_seed(seed)
     with default_dtype(torch_dtype):
         try:
-            out = runner(spec, prepared, config, seed=seed, progress=progress)
+            try:
+                out = runner(spec, prepared, config, seed=seed, progress=progress)
+            except NotVectorisable as e:
+                method, config, out = _nuts_instead(spec, prepared, config, e, seed, progress)
         except (RuntimeError, ValueError) as e:
             if isinstance(e, ZooError):
                 raise
@@ -138,9 +146,32 @@ def fit(
 def _runner(method: str) -> Callable:
     import importlib
 
-    module, name = {"nuts": ("mcmc", "run_nuts"), "svi": ("svi", "run_svi"),
-                    "laplace": ("laplace", "run_laplace")}[method]
+    module, name = {"nuts": ("mcmc", "run_nuts"), "chees": ("chees", "run_chees"),
+                    "svi": ("svi", "run_svi"), "laplace": ("laplace", "run_laplace")}[method]
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def _nuts_instead(spec: ModelSpec, data: Mapping, config: CheesSettings, error: Exception,
+                  seed: int, progress: bool):
+    """The model's log density does not vectorise over chains: run Pyro's NUTS and say so.
+
+    Sizes the user set carry over (chains capped at 4: one NUTS chain costs what 128 vectorised
+    ones do); the rest are NUTS's defaults, since 128 chains of 100 draws suit only chees."""
+    from .mcmc import run_nuts
+
+    default = CheesSettings()
+    given = {k: getattr(config, k) for k in ("num_warmup", "num_samples", "num_chains")
+             if getattr(config, k) != getattr(default, k)}
+    if "num_chains" in given:
+        given["num_chains"] = min(given["num_chains"], 4)
+    nuts = NUTSSettings(init_strategy=config.init_strategy, dense_mass=config.dense_mass, **given)
+    note = (f"model {spec.name!r} cannot run many chains in one pass ({error}); "
+            f"ran Pyro NUTS instead ({nuts.num_chains} chains x {nuts.num_samples} draws after "
+            f"{nuts.num_warmup} warmup)")
+    warnings.warn(note, UserWarning, stacklevel=4)
+    out = run_nuts(spec, data, nuts, seed=seed, progress=progress)
+    out.info["fallback"] = note
+    return "nuts", nuts, out
 
 
 def _with_deterministic(spec: ModelSpec, data: Mapping, latents: Mapping[str, torch.Tensor]) -> dict:

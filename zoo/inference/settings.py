@@ -31,6 +31,22 @@ class NUTSSettings:
 
 
 @dataclass(frozen=True)
+class CheesSettings:
+    """Many-chain HMC with ChEES trajectory lengths (zoo.inference.chees)."""
+
+    num_warmup: int = 400
+    num_samples: int = 100  # per chain; draws are pooled over chains
+    num_chains: int = 128
+    num_superchains: int = 0  # chains in a superchain share a start point (nested R-hat); 0: auto
+    target_accept: float = 0.651  # harmonic mean over chains (Hoffman, Radul & Sountsov 2021)
+    max_leapfrog: int = 1000
+    trajectory_lr: float = 0.025  # Adam on log T, maximising the ChEES criterion
+    init_strategy: InitStrategy = "uniform"
+    dense_mass: bool = False
+    jit: bool = True  # trace the batched potential with torch.jit (checked; eager if it fails)
+
+
+@dataclass(frozen=True)
 class SVISettings:
     guide: Literal["normal", "lowrank_mvn", "mvn", "delta", "model"] = "normal"
     elbo: Literal["trace", "meanfield"] = "trace"  # meanfield = TraceMeanField_ELBO (analytic KL)
@@ -45,6 +61,7 @@ class SVISettings:
     num_samples: int = 1000  # iid draws from the fitted guide
     rank: int = 0  # lowrank_mvn rank; 0 = Pyro's default (sqrt of the dimension)
     init_scale: float = 0.1
+    jit: bool = True  # JIT-compiled, vectorised ELBO where the model allows (checked, else plain)
 
 
 @dataclass(frozen=True)
@@ -56,12 +73,13 @@ class LaplaceSettings:
     init_strategy: InitStrategy = "median"
 
 
-SETTINGS: dict[str, type] = {"nuts": NUTSSettings, "svi": SVISettings, "laplace": LaplaceSettings}
+SETTINGS: dict[str, type] = {"nuts": NUTSSettings, "chees": CheesSettings, "svi": SVISettings,
+                             "laplace": LaplaceSettings}
 
 # Values that must be positive / within (0, 1); everything else only needs the right type.
 _POSITIVE = {"num_samples", "num_chains", "max_tree_depth", "num_particles", "num_steps", "window",
-             "lr", "adam_steps", "init_scale"}
-_NONNEGATIVE = {"num_warmup", "subsample_size", "rank", "lbfgs_steps", "tol"}
+             "lr", "adam_steps", "init_scale", "max_leapfrog", "trajectory_lr"}
+_NONNEGATIVE = {"num_warmup", "subsample_size", "rank", "lbfgs_steps", "tol", "num_superchains"}
 _UNIT = {"target_accept", "lr_decay"}
 
 
