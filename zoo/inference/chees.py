@@ -198,7 +198,7 @@ class Sampler:
 
     def find_step_size(self, step_size: float) -> float:
         """Double or halve ε until one leapfrog step's mean acceptance crosses ½ (Stan)."""
-        q, logp, grad, gen_state = self.q, self.logp, self.grad, self.gen.get_state()
+        q, logp, grad = self.q, self.logp, self.grad
         direction = 0
         for _ in range(60):
             stats = self.transition(step_size, 1)
@@ -209,7 +209,6 @@ class Sampler:
                 break
             direction = new
             step_size *= 2.0**direction
-        self.gen.set_state(gen_state)
         return step_size
 
 
