@@ -87,11 +87,12 @@ def test_model_that_cannot_vectorise_falls_back_to_nuts():
 
 
 def test_divergences_are_recorded_and_fail_the_checks():
-    # The centered eight schools funnel: a fixed step size cannot follow its neck.
+    # The centered eight schools funnel: a fixed step size cannot follow its neck. With 64
+    # chains x 100 draws divergences are certain in practice (24-121 over seeds 0-3).
     fit = zoo.fit("eight_schools_centered", default_data("eight_schools_centered"),
-                  method="chees", seed=0, num_warmup=150, num_samples=50, num_chains=32)
+                  method="chees", seed=0, num_warmup=200, num_samples=100, num_chains=64)
     div = fit.sample_stats["diverging"]
-    assert div.shape == (32, 50) and div.dtype == bool
+    assert div.shape == (64, 100) and div.dtype == bool
     assert div.any() and any("divergent" in w for w in fit.warnings)
     assert not fit.converged
 

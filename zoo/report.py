@@ -65,7 +65,7 @@ class FitResult:
             return [f"failed: {self.error}"]
         out = []
         checks = self.fit.checks()
-        failed = checks[~checks["passed"].astype(bool)]
+        failed = checks[~checks["passed"].astype(bool) & checks["kind"].ne("info")]
         # PSIS-LOO reliability is a different question from convergence: keep them apart.
         is_loo = failed["kind"].eq("loo") if "kind" in failed else pd.Series(False, index=failed.index)
         for rows, label in [(failed[~is_loo], "**did not converge**"),
@@ -177,7 +177,8 @@ def md_table(df: pd.DataFrame, index: str | None = None) -> str:
 
 def _checks_md(fit) -> str:
     checks = fit.checks().copy()
-    checks["passed"] = ["pass" if p else "**FAIL**" for p in checks["passed"].astype(bool)]
+    checks["passed"] = ["pass" if p else "above (info only)" if k == "info" else "**FAIL**"
+                        for p, k in zip(checks["passed"].astype(bool), checks["kind"])]
     return md_table(checks)
 
 

@@ -4,23 +4,38 @@ Minibatching goes through the model's ``pyro.plate(..., subsample_size=B)``: Pyr
 the likelihood by N/B, so the KL term of the ELBO is counted once for the whole data set.
 The run stops when the smoothed ELBO's relative change over ``window`` steps falls below
 ``tol``; a NaN ELBO is an error and an ELBO still falling at the end is a warning.
+
+ELBO paths (``fit.info["elbo_path"]``): with ``jit = true`` (the default) the ELBO and its
+gradient are one ``torch.jit``-traced function (Pyro's ``JitTrace_ELBO``), which cuts Pyro's
+per-step Python overhead; particles run in one pass under an outer plate ("vectorised") for
+registered models when ``num_particles > 1`` (registered models are plate-correct by contract; a
+user's model may not be, so its particles are unrolled in the trace). The trace is checked
+before the first step, never assumed: a tensor turned into a Python value in the model's own
+code (control flow the trace would freeze), a trace that fails, or a compiled ELBO or gradient
+that differs from the plain one at the same parameters and random numbers, and the fit runs on
+the plain path from the same starting state, saying why in ``fit.info["elbo_fallback"]``.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import os
 import sys
 import warnings
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pyro
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO, autoguide
+from pyro.infer import (SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO,
+                        TraceMeanField_ELBO, autoguide)
+from pyro.infer.elbo import ELBO
 
 from ..errors import ConvergenceWarning, ZooError
 from ..registry import ModelSpec
+from ..tracing import guide_draws, latent_sites, max_plate_nesting, structure
 from .base import RunOutput
 from .settings import SVISettings
 
@@ -54,6 +69,173 @@ def _optimizer(config: SVISettings):
     )
 
 
+# --------------------------------------------------------------------------------------------
+# ELBO paths: JIT-compiled where the model allows (checked), else plain
+# --------------------------------------------------------------------------------------------
+
+# Tracer warnings raised inside torch and Pyro come from their shape checks and from constants
+# built out of Python numbers, on every model (Pyro's JIT ELBOs are tested with them); the same
+# warning raised in the model's own code means a tensor became a Python value there.
+_LIBRARIES = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, pyro))
+_CONSTANTS = "results are registered as constants"
+_JIT_DEPRECATED = "`torch.jit.trace` is deprecated"
+
+
+class _JitRefused(Exception):
+    """The compiled ELBO cannot be trusted for this model; the message says why."""
+
+
+@dataclass
+class SVIRun:
+    """Pyro's SVI on the ELBO path ``run_svi`` chose, ready to step."""
+
+    svi: SVI
+    guide: Callable
+    optim: pyro.optim.PyroOptim
+    model_data: dict[str, Any]  # the model's keyword arguments (with subsample_size if set)
+    path: str  # "jit+vectorised", "jit", "plain+vectorised" or "plain"
+    fallback: str | None = None  # why the JIT path was not taken, if it was tried
+
+    def step(self) -> float:
+        """One SVI step (and one step of the learning-rate schedule); returns the loss."""
+        loss = self.svi.step(**self.model_data)
+        if isinstance(self.optim, pyro.optim.PyroLRScheduler):
+            self.optim.step()
+        return loss
+
+
+class _JitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
+    """Pyro's JitTraceMeanField_ELBO, keeping its trace.
+
+    Pyro 1.9 stores the compiled loss as ``_differentiable_loss`` but looks for
+    ``_loss_and_surrogate_loss`` to decide whether to compile, so it traces again on every step
+    (slower than the plain ELBO, and out of step with its random numbers). Setting the attribute
+    it looks for keeps the first trace; harmless once Pyro fixes this."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss = super().differentiable_loss(model, guide, *args, **kwargs)
+        self._loss_and_surrogate_loss = self._differentiable_loss
+        return loss
+
+
+def _model_data(spec: ModelSpec, data: Mapping, config: SVISettings) -> dict[str, Any]:
+    model_data = dict(data)
+    if config.subsample_size:
+        if "subsample_size" not in inspect.signature(spec.fn).parameters:
+            raise ZooError(f"model {spec.name!r} does not support minibatching (no subsample_size "
+                           "argument); set svi subsample_size = 0")
+        model_data["subsample_size"] = config.subsample_size
+    return model_data
+
+
+def _elbo(config: SVISettings, jit: bool, vectorize: bool, nesting: int) -> ELBO:
+    if config.elbo == "meanfield":
+        cls = _JitTraceMeanField_ELBO if jit else TraceMeanField_ELBO
+    else:
+        cls = JitTrace_ELBO if jit else Trace_ELBO
+    # Vectorised particles need the plate nesting: stating it spares Pyro a guessing run of
+    # model and guide, whose random draws would put the two ELBOs _check_jit compares out of step.
+    return cls(num_particles=config.num_particles, vectorize_particles=vectorize,
+               max_plate_nesting=nesting if vectorize else float("inf"))
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160] if text else ''}"
+
+
+def _freezes_a_value(w: warnings.WarningMessage) -> bool:
+    """A tracer warning from the model's (or guide's) own code: a tensor turned into a Python
+    number or bool, whose value the trace would keep for every later step."""
+    return (issubclass(w.category, torch.jit.TracerWarning) and _CONSTANTS not in str(w.message)
+            and not w.filename.startswith(_LIBRARIES))
+
+
+def _loss_and_grad(elbo: ELBO, model: Callable, guide: Callable, model_data: Mapping) -> torch.Tensor:
+    """[loss, gradient for every parameter] as one vector: what an SVI step would apply."""
+    params = [p for _, p in pyro.get_param_store().named_parameters()]
+    for p in params:
+        p.grad = None
+    loss = elbo.loss_and_grads(model, guide, **model_data)
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    for p in params:
+        p.grad = None
+    return torch.cat([torch.tensor([float(loss)])] + [g.reshape(-1) for g in grads])
+
+
+def _check_jit(jit: ELBO, plain: ELBO, model: Callable, guide: Callable, model_data: Mapping,
+               num_checks: int = 2) -> None:
+    """Compile ``jit`` and check it against ``plain``; raise ``_JitRefused`` if it is not safe.
+
+    The first call traces (and creates the guide's parameters). Then, ``num_checks`` times, the
+    compiled and the plain ELBO are evaluated at the same parameters and the same random numbers,
+    and loss and gradient must agree to sqrt(machine epsilon) relative to the largest of them:
+    that catches frozen control flow that the warnings missed, and randomness (e.g. minibatch
+    indices) frozen into the trace. The trace runs as recorded here, i.e. drawing its random
+    numbers in the plain ELBO's order: torch's graph optimiser, used for the steps, may reorder
+    independent draws (it does for a low-rank Gaussian guide), which changes which number goes
+    where but not the ELBO's distribution."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            _loss_and_grad(jit, model, guide, model_data)
+        except Exception as e:  # anything the tracer trips on means the plain path
+            raise _JitRefused(f"tracing failed: {_one_line(e)}") from e
+    for w in caught:
+        if _freezes_a_value(w):
+            where = f"{os.path.basename(w.filename)}:{w.lineno}"
+            raise _JitRefused(f"the model's code at {where} turns a tensor into a Python value, "
+                              f"which a trace freezes ({str(w.message).split('.')[0]})")
+    for w in caught:  # the model's own warnings still reach the user; the tracer's do not
+        if not (issubclass(w.category, torch.jit.TracerWarning) or _JIT_DEPRECATED in str(w.message)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    rtol = math.sqrt(torch.finfo(torch.get_default_dtype()).eps)
+    for _ in range(num_checks):
+        rng = pyro.util.get_rng_state()
+        try:
+            with torch.jit.optimized_execution(False):
+                got = _loss_and_grad(jit, model, guide, model_data)
+            pyro.util.set_rng_state(rng)
+            want = _loss_and_grad(plain, model, guide, model_data)
+        except Exception as e:
+            raise _JitRefused(f"the compiled ELBO could not be checked: {_one_line(e)}") from e
+        diff = float((got - want).abs().max())
+        if not diff <= rtol * max(1.0, float(want.abs().max())):  # NaN fails too
+            raise _JitRefused(
+                f"the compiled ELBO differs from the plain one at the same parameters and random "
+                f"numbers (loss {got[0]:.8g} vs {want[0]:.8g}; largest difference in loss or "
+                f"gradient {diff:.2g})")
+
+
+def setup_svi(spec: ModelSpec, data: Mapping, config: SVISettings) -> SVIRun:
+    """SVI for ``spec.fn(**data)`` on the fastest ELBO path the model allows (module doc).
+
+    A refused JIT path leaves no trace: the parameters it created are removed and the random
+    state restored, so the plain path runs exactly as it would have with ``jit = false``."""
+    model_data = _model_data(spec, data, config)
+    nesting = max_plate_nesting(structure(spec.fn, data))
+    # One particle needs no particle plate; a user's model may not be plate-correct.
+    vectorize = spec.vectorizable and spec.family != "user" and config.num_particles > 1
+    path, fallback = "plain", None
+    if config.jit:
+        store = pyro.get_param_store()
+        params_before, rng = set(store.keys()), pyro.util.get_rng_state()
+        guide, elbo = make_guide(spec, config), _elbo(config, True, vectorize, nesting)
+        try:
+            _check_jit(elbo, _elbo(config, False, vectorize, nesting), spec.fn, guide, model_data)
+            path = "jit"
+        except _JitRefused as e:
+            fallback = str(e)
+            for name in set(store.keys()) - params_before:
+                del store[name]
+            pyro.util.set_rng_state(rng)
+    if path == "plain":
+        guide, elbo = make_guide(spec, config), _elbo(config, False, vectorize, nesting)
+    optim = _optimizer(config)
+    return SVIRun(SVI(spec.fn, guide, optim, loss=elbo), guide, optim, model_data,
+                  path + ("+vectorised" if vectorize else ""), fallback)
+
+
 def _trend(losses: list[float], window: int) -> tuple[float, float]:
     """Change of the mean loss between the last two windows: (relative size, z-score).
 
@@ -67,20 +249,7 @@ def _trend(losses: list[float], window: int) -> tuple[float, float]:
 
 def run_svi(spec: ModelSpec, data: Mapping, config: SVISettings, seed: int = 0,
             progress: bool = False) -> RunOutput:
-    model_data = dict(data)
-    if config.subsample_size:
-        if "subsample_size" not in inspect.signature(spec.fn).parameters:
-            raise ZooError(f"model {spec.name!r} does not support minibatching (no subsample_size "
-                           "argument); set svi subsample_size = 0")
-        model_data["subsample_size"] = config.subsample_size
-    guide = make_guide(spec, config)
-    elbo_cls = TraceMeanField_ELBO if config.elbo == "meanfield" else Trace_ELBO
-    optim = _optimizer(config)
-    # Particles in one vectorised pass (an outer plate) for registered models, which are
-    # plate-correct by contract; a user's model may not be, so its particles run in a loop.
-    vectorize = spec.vectorizable and spec.family != "user" and config.num_particles > 1
-    svi = SVI(spec.fn, guide, optim, loss=elbo_cls(num_particles=config.num_particles,
-                                                    vectorize_particles=vectorize))
+    run = setup_svi(spec, data, config)
     losses: list[float] = []
     stopped_early = False
     bar = None
@@ -90,7 +259,7 @@ def run_svi(spec: ModelSpec, data: Mapping, config: SVISettings, seed: int = 0,
         bar = tqdm(total=config.num_steps, desc=f"svi {spec.name}", leave=False)
     for step in range(config.num_steps):
         try:
-            loss = svi.step(**model_data)
+            loss = run.step()
         except ValueError as e:  # parameters left the support: Pyro's validation caught it
             if step == 0:
                 raise
@@ -105,8 +274,6 @@ def run_svi(spec: ModelSpec, data: Mapping, config: SVISettings, seed: int = 0,
                 "optimizer = 'clipped_adam'"
             )
         losses.append(loss)
-        if isinstance(optim, pyro.optim.PyroLRScheduler):
-            optim.step()
         if bar is not None and step % 50 == 0:
             bar.update(50)
             bar.set_postfix(elbo=-loss)
@@ -134,10 +301,9 @@ def run_svi(spec: ModelSpec, data: Mapping, config: SVISettings, seed: int = 0,
         warnings.warn(f"{spec.name} svi: {w}", ConvergenceWarning, stacklevel=3)
 
     # iid draws of the latents from the fitted guide: one "chain" of num_samples draws.
-    from ..tracing import guide_draws, latent_sites, max_plate_nesting, structure
-
     ref = structure(spec.fn, data)
-    draws, _ = guide_draws(guide, data, config.num_samples, latent_sites(ref), max_plate_nesting(ref))
+    draws, _ = guide_draws(run.guide, data, config.num_samples, latent_sites(ref),
+                           max_plate_nesting(ref))
     latents = {k: v.unsqueeze(0) for k, v in draws.items()}
     state = pyro.get_param_store().get_state()
     info = {
@@ -147,5 +313,8 @@ def run_svi(spec: ModelSpec, data: Mapping, config: SVISettings, seed: int = 0,
         "num_steps_run": len(losses),
         "stopped_early": stopped_early,
         "final_elbo": -float(np.mean(losses[-min(len(losses), config.window):])),
+        "elbo_path": run.path,
     }
-    return RunOutput(latents, {}, info, out_warnings, guide)
+    if run.fallback:
+        info["elbo_fallback"] = run.fallback
+    return RunOutput(latents, {}, info, out_warnings, run.guide)
