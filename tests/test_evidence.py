@@ -194,8 +194,8 @@ def test_evidence_from_a_fit_that_failed_its_checks_says_so():
     # The centered eight-schools funnel diverges; bridge sampling on those draws is biased,
     # so the estimate must carry a warning rather than look like any other number.
     data = default_data("eight_schools_centered")
-    fit = zoo.fit("eight_schools_centered", data, method="nuts", seed=0, num_warmup=200,
-                  num_samples=400, num_chains=2)
+    fit = zoo.fit("eight_schools_centered", data, method="chees", seed=0, num_warmup=200,
+                  num_samples=100, num_chains=64)
     assert not fit.converged
     with pytest.warns(ConvergenceWarning, match="failed its convergence checks"):
         est = fit.log_evidence("bridge")

@@ -51,19 +51,14 @@ class FitResult:
     @property
     def converged(self) -> bool:
         """Every convergence check passed (PSIS-LOO reliability is reported separately)."""
-        if self.fit is None:
-            return False
-        checks = self.fit.checks()
-        if "kind" in checks:
-            checks = checks[checks["kind"] != "loo"]
-        return bool(checks["passed"].astype(bool).all())
+        return self.fit is not None and self.fit.converged
 
     @property
     def problems(self) -> list[str]:
         """Everything a reader must not miss: failure, non-convergence, fit warnings."""
         if self.fit is None:
             return [f"failed: {self.error}"]
-        out = []
+        out = [self.fit.info["fallback"]] if "fallback" in self.fit.info else []
         checks = self.fit.checks()
         failed = checks[~checks["passed"].astype(bool) & checks["kind"].ne("info")]
         # PSIS-LOO reliability is a different question from convergence: keep them apart.
