@@ -38,6 +38,11 @@ def to_tensor(key: str, value: Any, dtype: torch.dtype) -> Any:
     return t
 
 
+def to_device(data: Mapping[str, Any], device: torch.device | str) -> dict:
+    """``data`` with every tensor on ``device`` (Python scalars, sizes and hyperparameters, stay)."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in data.items()}
+
+
 def prepare(
     spec: ModelSpec, data: Mapping[str, Any], dtype: torch.dtype = torch.float64, fitting: bool = True
 ) -> dict:

@@ -27,6 +27,11 @@ from .registry import ModelSpec
 BatchedDensity = Callable[[torch.Tensor], torch.Tensor]  # (C, d) -> (C,)
 
 
+def generator(seed: int) -> torch.Generator:
+    """A seeded generator on torch's default device: draws on a GPU need a GPU generator."""
+    return torch.Generator(device=torch.get_default_device()).manual_seed(seed)
+
+
 class NotVectorisable(ZooError):
     """The model's log density cannot be evaluated for many points in one pass."""
 
@@ -115,7 +120,7 @@ class LogJoint:
                     out = out + site["log_prob"].reshape(num_points, -1).sum(-1)
             return out
 
-        gen = torch.Generator().manual_seed(seed)
+        gen = generator(seed)
         probe = [torch.rand(num_points, self.dim, generator=gen) * 4 - 2 for _ in range(2)]
         try:
             with pyro.validation_enabled(False), warnings.catch_warnings():

@@ -7,12 +7,16 @@ keyword arguments; ``data`` a dict of arrays/tensors. ``method="mcmc"`` (the def
 best MCMC the zoo has for the model: many-chain ChEES-HMC ("chees") for models whose log density
 vectorises over chains, Pyro's NUTS otherwise. A model that turns out not to vectorise when
 "chees" runs falls back to NUTS, and the Fit says so in ``info["fallback"]``.
+
+``device`` ("cpu", "cuda", "cuda:N") places the methods that gain from a GPU ("chees" and "svi")
+on it; the Fit and everything after inference stay on the CPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import time
 import warnings
 from typing import Any, Callable, Mapping
@@ -22,18 +26,48 @@ import pyro
 import torch
 
 from .. import tracing
-from ..data import prepare
-from ..errors import ConvergenceWarning, ZooError, unknown
+from ..data import prepare, to_device
+from ..errors import ConvergenceWarning, ZooError, did_you_mean, unknown
 from ..fit import Fit, default_dtype
 from ..registry import METHODS, ModelSpec, get_model
 from ..logdensity import NotVectorisable
+from .base import RunOutput
 from .settings import (SETTINGS, CheesSettings, LaplaceSettings, NUTSSettings, SVISettings,
                        validate_settings)
 
 __all__ = ["fit", "resolve", "SETTINGS", "validate_settings", "NUTSSettings", "CheesSettings",
-           "SVISettings", "LaplaceSettings", "resolve_method"]
+           "SVISettings", "LaplaceSettings", "resolve_method", "resolve_device"]
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
+_DEVICES = ("cpu", "cuda", "cuda:N")
+# Methods that run on the CPU whatever the device, and why a GPU would not help them.
+_CPU_ONLY = {
+    "nuts": "Pyro's NUTS spends its time on per-chain Python overhead, not arithmetic",
+    "laplace": "Laplace is small dense linear algebra",
+}
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """Check a device name ("cpu", "cuda", "cuda:N") against this machine; a ``ZooError`` says
+    what is wrong (unknown name, no CUDA here, no such GPU)."""
+    name = str(name)
+    if not re.fullmatch(r"cpu|cuda(:(0|[1-9][0-9]*))?", name):
+        # "gpu" is closest to "cpu" by spelling, but means CUDA
+        hint = did_you_mean("cuda" if name.lower().startswith("gpu") else name.lower(), _DEVICES)
+        raise ZooError(f"unknown device {name!r}{hint}; allowed: cpu, cuda, cuda:N "
+                       "(N the index of a CUDA device)")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = (f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None)"
+                     if torch.version.cuda is None else
+                     f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable GPU")
+            raise ZooError(f"device {name!r} requested, but this machine has no CUDA: {build}; "
+                           "use device='cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ZooError(f"device {name!r} requested, but this machine has "
+                           f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 upwards)")
+    return device
 
 
 def resolve_method(method: str, spec: ModelSpec | None = None) -> str:
@@ -90,9 +124,12 @@ def fit(
     seed: int = 0,
     progress: bool = False,
     dtype: str = "float64",
+    device: str | torch.device = "cpu",
     **settings,
 ) -> Fit:
-    """Fit ``model`` to ``data`` with ``method`` ("chees", "nuts", "svi", "laplace" or "mcmc")."""
+    """Fit ``model`` to ``data`` with ``method`` ("chees", "nuts", "svi", "laplace" or "mcmc")
+    on ``device`` ("cpu", "cuda", "cuda:N"; "nuts" and "laplace" always run on the CPU)."""
+    torch_device = resolve_device(device)  # before anything runs
     if dtype not in _DTYPES:
         raise unknown("dtype", dtype, _DTYPES)
     torch_dtype = _DTYPES[dtype]
@@ -100,13 +137,14 @@ def fit(
     method = resolve_method(method, spec)
     config = validate_settings(method, settings, where=f"{method} settings")
     runner = _runner(method)
+    on = torch.device("cpu") if method in _CPU_ONLY else torch_device
     start = time.perf_counter()
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     with default_dtype(torch_dtype):
         try:
             try:
-                out = runner(spec, prepared, config, seed=seed, progress=progress)
+                out = _run_on(on, runner, spec, prepared, config, seed, progress)
             except NotVectorisable as e:
                 method, config, out = _nuts_instead(spec, prepared, config, e, seed, progress)
         except (RuntimeError, ValueError) as e:
@@ -125,13 +163,17 @@ def fit(
         sample_stats={k: np.asarray(v) for k, v in out.sample_stats.items()},
         data=prepared,
         observed=observed,
-        settings={"seed": seed, "dtype": dtype, **dataclasses.asdict(config)},
+        settings={"seed": seed, "dtype": dtype, "device": str(torch_device),
+                  **dataclasses.asdict(config)},
         info=out.info,
         warnings=list(out.warnings),
         guide=out.guide,
     )
     result.info["time_s"] = time.perf_counter() - start
     result.info["versions"] = versions()
+    if method in _CPU_ONLY and torch_device.type != "cpu":
+        result.info["device_note"] = (f"{method} ran on the CPU, not {torch_device}: "
+                                      f"{_CPU_ONLY[method]}, so a GPU would not speed it up")
     # Failed checks become warnings on the Fit (and Python warnings): never hidden.
     from ..diagnostics import failed_checks
 
@@ -149,6 +191,17 @@ def _runner(method: str) -> Callable:
     module, name = {"nuts": ("mcmc", "run_nuts"), "chees": ("chees", "run_chees"),
                     "svi": ("svi", "run_svi"), "laplace": ("laplace", "run_laplace")}[method]
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def _run_on(device: torch.device, runner: Callable, spec: ModelSpec, data: Mapping,
+            config: Any, seed: int, progress: bool) -> RunOutput:
+    """``runner`` on ``device``; the runners hand back CPU results. Factory calls in the model
+    (``torch.zeros``, constants in distributions) land on the device too. The Fit keeps
+    ``data`` on the CPU, where everything after inference runs."""
+    if device.type == "cpu":  # exactly as without a device (the context costs per torch call)
+        return runner(spec, data, config, seed=seed, progress=progress)
+    with torch.device(device):
+        return runner(spec, to_device(data, device), config, seed=seed, progress=progress)
 
 
 def _nuts_instead(spec: ModelSpec, data: Mapping, config: CheesSettings, error: Exception,

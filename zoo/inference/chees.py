@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import ConvergenceWarning, ZooError
-from ..logdensity import LogJoint, NotVectorisable
+from ..logdensity import LogJoint, NotVectorisable, generator
 from ..registry import ModelSpec
 from .base import RunOutput
 from .settings import CheesSettings
@@ -277,7 +277,7 @@ def run_chees(spec: ModelSpec, data: Mapping, config: CheesSettings, seed: int =
         raise NotVectorisable(f"a latent site is discrete ({e})") from e
     log_density, how = lj.batched(config.num_chains, jit=config.jit, seed=seed)
     dtype = torch.get_default_dtype()
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)  # on the device the run is on (zoo.fit's torch.device context)
     sampler = Sampler(log_density, initial_points(spec, data, lj, config.num_chains, superchains,
                                                   config.init_strategy),
                       Metric.identity(lj.dim, config.dense_mass, dtype), gen)
@@ -324,11 +324,12 @@ def run_chees(spec: ModelSpec, data: Mapping, config: CheesSettings, seed: int =
         bar.close()
     t_end = time.perf_counter()
 
+    # Results go back to the CPU (no-ops there), where everything after inference runs.
     u = torch.stack(draws, dim=1)  # (chain, draw, d)
     c, s = u.shape[:2]
-    latents = {k: v.reshape((c, s) + v.shape[1:]) for k, v in
+    latents = {k: v.reshape((c, s) + v.shape[1:]).cpu() for k, v in
                lj.to_constrained(u.reshape(c * s, -1)).items()}
-    sample_stats = {key: torch.stack([r[key] for r in records], dim=1).numpy()
+    sample_stats = {key: torch.stack([r[key] for r in records], dim=1).cpu().numpy()
                     for key in records[0]} if records else {}
     if sample_stats:
         sample_stats["diverging"] = sample_stats["diverging"].astype(bool)
@@ -346,7 +347,7 @@ def run_chees(spec: ModelSpec, data: Mapping, config: CheesSettings, seed: int =
         "time_setup_s": t_setup - t_start,  # tracing, checks, initial points
         "time_warmup_s": t_warmup - t_setup,
         "time_sampling_s": t_end - t_warmup,
-        "inverse_metric": sampler.metric.cov.numpy(),
+        "inverse_metric": sampler.metric.cov.cpu().numpy(),
     }
     return RunOutput(latents, sample_stats, info, out_warnings)
 

@@ -33,6 +33,7 @@ from pyro.infer import (SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO,
                         TraceMeanField_ELBO, autoguide)
 from pyro.infer.elbo import ELBO
 
+from ..data import to_device
 from ..errors import ConvergenceWarning, ZooError
 from ..registry import ModelSpec
 from ..tracing import guide_draws, latent_sites, max_plate_nesting, structure
@@ -151,6 +152,21 @@ def _freezes_a_value(w: warnings.WarningMessage) -> bool:
             and not w.filename.startswith(_LIBRARIES))
 
 
+def _rng_state() -> dict:
+    """Pyro's RNG state (CPU), plus the GPU's when running on one: draws there use its own."""
+    state = pyro.util.get_rng_state()
+    device = torch.get_default_device()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    pyro.util.set_rng_state(state)
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], torch.get_default_device())
+
+
 def _loss_and_grad(elbo: ELBO, model: Callable, guide: Callable, model_data: Mapping) -> torch.Tensor:
     """[loss, gradient for every parameter] as one vector: what an SVI step would apply."""
     params = [p for _, p in pyro.get_param_store().named_parameters()]
@@ -191,11 +207,11 @@ def _check_jit(jit: ELBO, plain: ELBO, model: Callable, guide: Callable, model_d
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     rtol = math.sqrt(torch.finfo(torch.get_default_dtype()).eps)
     for _ in range(num_checks):
-        rng = pyro.util.get_rng_state()
+        rng = _rng_state()
         try:
             with torch.jit.optimized_execution(False):
                 got = _loss_and_grad(jit, model, guide, model_data)
-            pyro.util.set_rng_state(rng)
+            _set_rng_state(rng)
             want = _loss_and_grad(plain, model, guide, model_data)
         except Exception as e:
             raise _JitRefused(f"the compiled ELBO could not be checked: {_one_line(e)}") from e
@@ -219,7 +235,7 @@ def setup_svi(spec: ModelSpec, data: Mapping, config: SVISettings) -> SVIRun:
     path, fallback = "plain", None
     if config.jit:
         store = pyro.get_param_store()
-        params_before, rng = set(store.keys()), pyro.util.get_rng_state()
+        params_before, rng = set(store.keys()), _rng_state()
         guide, elbo = make_guide(spec, config), _elbo(config, True, vectorize, nesting)
         try:
             _check_jit(elbo, _elbo(config, False, vectorize, nesting), spec.fn, guide, model_data)
@@ -228,7 +244,7 @@ def setup_svi(spec: ModelSpec, data: Mapping, config: SVISettings) -> SVIRun:
             fallback = str(e)
             for name in set(store.keys()) - params_before:
                 del store[name]
-            pyro.util.set_rng_state(rng)
+            _set_rng_state(rng)
     if path == "plain":
         guide, elbo = make_guide(spec, config), _elbo(config, False, vectorize, nesting)
     optim = _optimizer(config)
@@ -304,7 +320,10 @@ def run_svi(spec: ModelSpec, data: Mapping, config: SVISettings, seed: int = 0,
     ref = structure(spec.fn, data)
     draws, _ = guide_draws(run.guide, data, config.num_samples, latent_sites(ref),
                            max_plate_nesting(ref))
-    latents = {k: v.unsqueeze(0) for k, v in draws.items()}
+    latents = {k: v.unsqueeze(0).cpu() for k, v in draws.items()}
+    guide = run.guide
+    if torch.get_default_device().type != "cpu":
+        guide = guide_on_cpu(spec, config, data)
     state = pyro.get_param_store().get_state()
     info = {
         # the fitted guide's parameters, owned by the fit (see Fit.guide_scope)
@@ -317,4 +336,19 @@ def run_svi(spec: ModelSpec, data: Mapping, config: SVISettings, seed: int = 0,
     }
     if run.fallback:
         info["elbo_fallback"] = run.fallback
-    return RunOutput(latents, {}, info, out_warnings, run.guide)
+    return RunOutput(latents, {}, info, out_warnings, guide)
+
+
+def guide_on_cpu(spec: ModelSpec, config: SVISettings, data: Mapping) -> Callable:
+    """The fitted guide built afresh on the CPU, where the Fit uses it, with the fitted values
+    moved into the param store in place of the device's: an autoguide, and the constraints in
+    the param store, keep tensors (a support's bounds, say) on the device they were built on."""
+    fitted = {k: v.detach().cpu() for k, v in pyro.get_param_store().named_parameters()}
+    pyro.clear_param_store()
+    with torch.device("cpu"), torch.no_grad():
+        guide = make_guide(spec, config)
+        # One ELBO evaluation creates every parameter (the guide's and any of the model's).
+        Trace_ELBO().loss(spec.fn, guide, **_model_data(spec, to_device(data, "cpu"), config))
+        for name, value in pyro.get_param_store().named_parameters():
+            value.copy_(fitted[name])
+    return guide
