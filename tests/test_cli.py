@@ -73,7 +73,9 @@ def tiny(tmp_path) -> Path:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    """What a run left in ``folder``, besides the cell store .cells (kept on purpose: finished
+    cells are what a re-run resumes from)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != ".cells") if folder.exists() else []
 
 
 def test_list_names_every_model_and_recipe():
@@ -168,8 +170,9 @@ def test_rerun_replaces_result_folder(tiny, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("where", ["fit", "report", "interrupt"])
 def test_failed_run_leaves_nothing(tiny, tmp_path, monkeypatch, where):
-    def args(out: Path) -> list[str]:
-        return [str(tiny), "--smoke", "--quiet", "--out", str(out), "--set", "inference.methods=['laplace']"]
+    def args(out: Path) -> list[str]:  # serial: the monkeypatches below live in this process
+        return [str(tiny), "--smoke", "--quiet", "--out", str(out), "--set",
+                "inference.methods=['laplace']", "--executor", "serial", "--rerun"]
 
     out = tmp_path / "results"
     assert run.main(args(out)) == 0
@@ -182,27 +185,37 @@ def test_failed_run_leaves_nothing(tiny, tmp_path, monkeypatch, where):
         monkeypatch.setattr(zoo.inference, "fit", boom)
     else:  # fails half-way through writing the folder: after summary.csv and the .nc files
         monkeypatch.setattr(report, "write_figures", boom)
-    with pytest.raises(KeyboardInterrupt if where == "interrupt" else RuntimeError):
-        run.main(args(out))
+    def fails(out: Path) -> None:
+        # a failed cell exits 1 and an interrupt 130 (both say how to resume); a failure
+        # while writing the report propagates with its traceback
+        if where == "report":
+            with pytest.raises(RuntimeError):
+                run.main(args(out))
+        else:
+            assert run.main(args(out)) == (130 if where == "interrupt" else 1)
+
+    fails(out)
     # the earlier result is untouched and no temp folder is left beside it
     assert _leftovers(out) == ["tiny-smoke"]
     assert {p.name: p.read_bytes() for p in (out / "tiny-smoke").iterdir() if p.is_file()} == before
 
     fresh = tmp_path / "fresh"
-    with pytest.raises(KeyboardInterrupt if where == "interrupt" else RuntimeError):
-        run.main(args(fresh))
-    assert not fresh.exists()
+    fails(fresh)
+    assert _leftovers(fresh) == []
 
 
 def test_other_exception_exits_1_with_traceback(tiny, tmp_path):
     code = ("import sys, zoo.inference; from zoo import run\n"
             "def boom(*a, **k): raise RuntimeError('injected failure')\n"
             "zoo.inference.fit = boom\n"
-            f"sys.exit(run.main([{str(tiny)!r}, '--smoke', '--out', {str(tmp_path / 'out')!r}]))\n")
+            f"sys.exit(run.main([{str(tiny)!r}, '--smoke', '--executor', 'serial', '--out', "
+            f"{str(tmp_path / 'out')!r}]))\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 1
-    assert "Traceback" in proc.stderr and "injected failure" in proc.stderr
-    assert not (tmp_path / "out").exists()
+    assert "RuntimeError: injected failure" in proc.stderr and "error.txt" in proc.stderr
+    tracebacks = list((tmp_path / "out" / ".cells").rglob("error.txt"))
+    assert tracebacks and "Traceback" in tracebacks[0].read_text()
+    assert _leftovers(tmp_path / "out") == []  # no report
 
 
 def test_laplace_not_positive_definite_is_reported_not_fatal(tiny, tmp_path, monkeypatch, capsys):
@@ -217,7 +230,7 @@ def test_laplace_not_positive_definite_is_reported_not_fatal(tiny, tmp_path, mon
 
     monkeypatch.setattr(zoo.inference, "fit", fit)
     out = tmp_path / "results"
-    args = [str(tiny), "--smoke", "--quiet", "--out", str(out),
+    args = [str(tiny), "--smoke", "--quiet", "--out", str(out), "--executor", "serial",
             "--set", "inference.methods=['nuts', 'laplace']"]
     assert run.main(args) == 0
     assert "laplace: failed: Hessian at the mode" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import pytest
 from zoo.datasets import list_posteriors
 from zoo.errors import ZooError
 from zoo.recipe import check_data, list_recipes, load_recipe, parse_override
+from zoo.grid import expand
 from zoo.run import describe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +57,7 @@ def test_recipe_validates(path):
         pytest.skip("no local posteriordb copy (../shared/data/posteriordb or $ZOO_POSTERIORDB)")
     check_data(recipe)
     assert recipe.name == path.stem and recipe.description
-    assert f"{len(recipe.runs)} fits" in describe(recipe)
+    assert f"{len(recipe.runs)} fits" in describe(expand(path))
     smoke = load_recipe(path, smoke=True)  # every shipped recipe has tiny settings too
     for method in smoke.methods:
         # Bridge sampling needs 400 draws per chain (two halves of 200): the one exception.

@@ -23,9 +23,10 @@ from .errors import ZooError, did_you_mean
 from .evidence import ESTIMATORS
 from .inference.settings import SETTINGS, validate_settings
 
-SECTIONS = ("recipe", "data", "models", "inference", "smoke", "reference", "evidence")
+SECTIONS = ("recipe", "data", "models", "inference", "smoke", "reference", "evidence", "grid")
+# [grid] is read by zoo.grid, which applies each point's values as overrides before loading
 REQUIRED = ("recipe", "data", "models", "inference")
-RECIPE_KEYS = ("name", "description", "seed")
+RECIPE_KEYS = ("name", "description", "seed", "executor")
 DATA_KEYS = ("dataset", "args")
 MODEL_KEYS = ("name", "label", "args")
 REFERENCE_KEYS = ("posteriordb", "root")
@@ -66,6 +67,7 @@ class Recipe:
     evidence: dict[str, Any] | None = None  # [evidence]: estimators, prior, bridge_proposal
     smoke: bool = False
     overrides: list[str] = field(default_factory=list)
+    executor: str | None = None  # [recipe] executor: the default for --executor
 
     @property
     def runs(self) -> list[tuple[str, str]]:
@@ -362,6 +364,12 @@ def load_recipe(
     seed = ck.typed("recipe", rec, "seed", int, default=0) if seed is None else seed
     if seed < 0:
         raise ck.error("recipe", f"seed must be >= 0, got {seed}", "seed")
+    executor = ck.typed("recipe", rec, "executor", str, default=None)
+    from .executors import EXECUTORS
+
+    if executor is not None and executor not in EXECUTORS:
+        raise ck.error("recipe", f"unknown executor {executor!r}{did_you_mean(executor, EXECUTORS)}; "
+                       f"allowed: {', '.join(EXECUTORS)}", "executor")
 
     data = ck.table(raw, "data", True)
     ck.keys("data", data, DATA_KEYS)
@@ -428,6 +436,7 @@ def load_recipe(
         evidence=evidence,
         smoke=smoke,
         overrides=overrides,
+        executor=executor,
     )
 
 

@@ -289,7 +289,8 @@ def render(
         lines += ["> **Smoke run**: tiny settings to check the pipeline; the numbers below are "
                   "not to be interpreted.", ""]
     lines += [recipe.description, "", f"- command: `{command}`", f"- seed: {recipe.seed}",
-              f"- wall time: {wall_s:.1f} s fitting (writing files and figures not included)",
+              f"- fitting time: {wall_s:.1f} s (the fits' own times, summed; writing files and "
+              "figures not included)",
               f"- data: `{recipe.dataset}`"
               + (f" with {recipe.data_args}" if recipe.data_args else "")]
     if recipe.reference:

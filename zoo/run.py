@@ -15,16 +15,16 @@ import argparse
 import contextlib
 import shlex
 import sys
-import time
-import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from . import registry
-from .errors import ConvergenceWarning, NotPositiveDefiniteError, ZooError
-from .recipe import (  # tomllib: with the Python 3.10 fallback
-    Recipe, check_data, display_path, list_recipes, load_data, load_recipe, tomllib,
-)
+from .cells import load_result, make_cells, run_cell
+from .errors import ZooError
+from .executors import ExecutorOptions, TaskFailed, run_tasks, validate
+from .grid import Point, expand
+from .grid_report import write_grid_results
+from .recipe import Recipe, check_data, display_path, list_recipes, tomllib
 from .report import FitResult, write_results
 
 
@@ -43,9 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results", type=Path, help="results folder (default: results/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--seed", type=int, default=None, help="override [recipe].seed")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: the zoo's models are small, so more threads "
-                        "mostly add synchronisation, and results then do not depend on the core count)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads per worker (default: the cores divided among the workers, "
+                        "at least 1; the zoo's models are small, so one thread is usually fastest)")
+    p.add_argument("--executor", choices=None, default=None, metavar="{local,serial,ray}",
+                   help="how cells run: local (default; a process pool sized to the machine), "
+                        "serial (in this process, for debugging) or ray (pip install 'zoo[ray]')")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (default: the cores)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster for --executor ray: auto or ray://host:port (default: start "
+                        "Ray on this machine)")
+    p.add_argument("--rerun", action="store_true", help="recompute cells already stored")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default) or cuda[:N]: for the methods that gain from it (chees, svi)")
     return p
 
 
@@ -72,8 +83,9 @@ def listing() -> str:
     return "\n".join(out)
 
 
-def describe(recipe: Recipe) -> str:
-    """What ``--check`` prints: the runs and every resolved setting."""
+def describe(points: Sequence[Point]) -> str:
+    """What ``--check`` prints: the grid, the runs and every resolved setting."""
+    recipe = points[0].recipe
     lines = [
         f"recipe {recipe.name}: {recipe.description}",
         f"  file: {display_path(recipe.path)}" + ("  (smoke settings)" if recipe.smoke else ""),
@@ -98,6 +110,15 @@ def describe(recipe: Recipe) -> str:
         ev = recipe.evidence
         lines.append(f"  evidence: {', '.join(ev['estimators'])} (bridge proposal "
                      f"{ev['bridge_proposal']}; prior over models: {ev['prior'] or 'uniform'})")
+    cells = sum(len(p.recipe.runs) for p in points)
+    if points[0].values:
+        sizes = {}
+        for p in points:
+            for axis, value in p.values:
+                sizes.setdefault(axis, set()).add(str(value))
+        axes = ", ".join(f"{a}: {len(v)} values" for a, v in sizes.items())
+        lines.append(f"  grid: {len(points)} points ({axes}); the settings above are the first point's")
+    lines.append(f"  cells: {cells} ({len(points)} points x {len(recipe.runs)} fits)")
     return "\n".join(lines)
 
 
@@ -124,27 +145,6 @@ def _exact(fit) -> Mapping[str, Any] | None:
     return fit.spec.exact_posterior(**fit.data)
 
 
-def fit_one(model: str, method: str, data: Mapping[str, Any], recipe: Recipe, progress: bool,
-            label: str | None = None) -> FitResult:
-    """One model × method; a Hessian that is not positive definite is a result, not a crash
-    (Laplace is simply not usable there, and the report says so)."""
-    from . import inference
-
-    start = time.perf_counter()
-    try:
-        with warnings.catch_warnings():
-            # zoo.fit also records every ConvergenceWarning in fit.warnings; the report and the
-            # end-of-run summary show them, so the Python copies would only be printed twice.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            fit = inference.fit(model, data, method=method, progress=progress,
-                                **recipe.fit_kwargs(method))
-            result = FitResult(label or model, method, fit=fit)
-    except NotPositiveDefiniteError as e:
-        result = FitResult(label or model, method, error=str(e))
-    result.time_s = time.perf_counter() - start
-    return result
-
-
 def _compare(result: FitResult, reference: Mapping[str, Any] | None) -> None:
     from . import diagnostics
 
@@ -158,26 +158,47 @@ def _compare(result: FitResult, reference: Mapping[str, Any] | None) -> None:
         result.comparison_kind = "exact"
 
 
-def execute(recipe: Recipe, out: Path, command: str, progress: bool = False) -> tuple[Path, list[FitResult]]:
-    """Fit everything, then write ``out/<name>`` (``<name>-smoke`` for smoke runs) atomically."""
+class CellsFailed(Exception):
+    """Some cells raised; the others are stored and the report is not written."""
+
+    def __init__(self, failed: list):
+        super().__init__(f"{len(failed)} cells failed")
+        self.failed = failed
+
+
+def execute(points: Sequence[Point], out: Path, command: str, options: ExecutorOptions,
+            progress: bool = False, rerun: bool = False, device: str = "cpu",
+            ) -> tuple[Path, list[tuple[str, FitResult]]]:
+    """Run every cell not yet stored, then write ``out/<name>`` (``<name>-smoke``) atomically
+    from the stored cells. Cells live in ``out/.cells/<name>/`` and survive a killed run."""
     from tqdm.auto import tqdm
 
-    data = load_data(recipe)
-    check_data(recipe, data)  # fail before the first fit, not after an hour of them
+    recipe = points[0].recipe
+    for point in points:  # fail before the first fit, not after an hour of them
+        check_data(point.recipe)
     reference = load_reference(recipe)
-    start = time.perf_counter()
-    results: list[FitResult] = []
-    bar = tqdm(total=len(recipe.runs), desc=recipe.name, unit="fit", disable=not progress, file=sys.stderr)
+    name = recipe.name + ("-smoke" if recipe.smoke else "")
+    cells = make_cells(points, Path(out) / ".cells" / name, device)
+    todo = cells if rerun else [c for c in cells if not c.done]
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=recipe.name, unit="cell",
+               disable=not progress, file=sys.stderr)
     with bar:
-        for entry in recipe.models:
-            for method in recipe.methods:
-                bar.set_postfix_str(f"{entry.label} / {method}")
-                result = fit_one(entry.name, method, {**data, **entry.args}, recipe, progress,
-                                 label=entry.label)
-                _compare(result, reference)
-                results.append(result)
-                bar.update()
-    wall_s = time.perf_counter() - start
+        outcomes = run_tasks(run_cell, todo, options, progress=lambda cell, _: bar.update())
+    failed = [(c, o) for c, o in zip(todo, outcomes) if isinstance(o, BaseException)]
+    print(f"cells: {len(cells)} in all, {len(cells) - len(todo)} already stored, "
+          f"{len(todo) - len(failed)} run now, {len(failed)} failed", file=sys.stderr)
+    if failed:
+        raise CellsFailed(failed)
+    results = [load_result(c) for c in cells]
+    for r in results:
+        _compare(r, reference)
+    fitting_s = sum(r.time_s for r in results)
+    dest = Path(out) / name
+    if progress:
+        print(f"writing {dest}/ (netCDF, figures, report) ...", file=sys.stderr)
+    named = [(c.name, r) for c, r in zip(cells, results)]
+    if len(points) > 1:
+        return write_grid_results(points, cells, results, dest, command, fitting_s), named
     exact, log_evidence = {}, {}
     for entry in recipe.models:
         first = next((r.fit for r in results if r.model == entry.label and r.fit is not None), None)
@@ -185,12 +206,9 @@ def execute(recipe: Recipe, out: Path, command: str, progress: bool = False) -> 
         if first is not None and first.spec.exact_log_evidence is not None:
             log_evidence[entry.label] = float(first.spec.exact_log_evidence(**first.data))
     evidence = estimate_evidence(recipe, results) if recipe.evidence else None
-    name = recipe.name + ("-smoke" if recipe.smoke else "")
-    if progress:
-        print(f"writing {Path(out) / name}/ (netCDF, figures, report) ...", file=sys.stderr)
-    dest = write_results(recipe, results, Path(out) / name, command, wall_s, exact=exact,
+    dest = write_results(recipe, results, dest, command, fitting_s, exact=exact,
                          reference=reference, log_evidence=log_evidence, evidence=evidence)
-    return dest, results
+    return dest, named
 
 
 def estimate_evidence(recipe: Recipe, results: Sequence[FitResult]) -> list:
@@ -205,6 +223,15 @@ def estimate_evidence(recipe: Recipe, results: Sequence[FitResult]) -> list:
         rows += estimate_all(entry.label, fits, recipe.evidence["estimators"], seed=recipe.seed,
                              bridge_proposal=recipe.evidence["bridge_proposal"])
     return rows
+
+
+def executor_options(args: argparse.Namespace, recipe: Recipe) -> ExecutorOptions:
+    """--executor (else the recipe's [recipe] executor, else local) and its options."""
+    options = ExecutorOptions(name=args.executor or recipe.executor or "local",
+                              workers=args.workers, threads=args.threads, address=args.address,
+                              fail_fast=args.fail_fast)
+    validate(options)  # a bad flag fails before anything runs
+    return options
 
 
 @contextlib.contextmanager
@@ -231,27 +258,50 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if not args.recipe:
             raise ZooError("name a recipe (see --list) or pass --list")
-        recipe = load_recipe(args.recipe, overrides=args.set, smoke=args.smoke, seed=args.seed)
+        points = expand(args.recipe, overrides=args.set, smoke=args.smoke, seed=args.seed)
         if args.check:
-            check_data(recipe)
-            load_reference(recipe)
-            print(describe(recipe))
+            for point in points:
+                check_data(point.recipe)
+            load_reference(points[0].recipe)
+            print(describe(points))
             print("ok: recipe is valid")
             return 0
-        if args.threads < 1:
-            raise ZooError(f"--threads must be >= 1, got {args.threads}")
+        options = executor_options(args, points[0].recipe)
+        from .inference import resolve_device
+
+        resolve_device(args.device)  # a CUDA request without CUDA fails before anything runs
         progress = not args.quiet and sys.stdout.isatty()
         command = "python -m zoo.run " + shlex.join(argv)
-        with torch_threads(args.threads):
-            dest, results = execute(recipe, args.out, command, progress)
+        with torch_threads(options.threads or 1):
+            dest, results = execute(points, args.out, command, options, progress, args.rerun,
+                                    args.device)
     except ZooError as e:
         message = " ".join(str(e).split())  # one line, whatever the message held
         print(f"error: {message}", file=sys.stderr)
         return 2
-    for r in results:
+    except CellsFailed as e:
+        for cell, error in e.failed:
+            print(f"failed: {cell.name}: {type(error).__name__}: {error} "
+                  f"(traceback: {cell.path / 'error.txt'})", file=sys.stderr)
+        print("the other cells are stored; fix the cause and run the same command again "
+              "(no report was written)", file=sys.stderr)
+        return 1
+    except TaskFailed as e:  # --fail-fast: the first failure stopped the run
+        print(f"failed (--fail-fast): {type(e.exception).__name__}: {e.exception}\n{e.traceback}",
+              file=sys.stderr)
+        print("finished cells are stored; fix the cause and run the same command again",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are stored; run the same command again to finish "
+              "the rest (no report was written)", file=sys.stderr)
+        return 130
+    for name, r in results:
         for problem in r.problems:
-            print(f"warning: {r.model} / {r.method}: {problem.replace('**', '')}", file=sys.stderr)
-    print(f"wrote {dest}/report.md, summary.csv, {sum(r.fit is not None for r in results)} .nc files")
+            print(f"warning: {name}: {problem.replace('**', '')}", file=sys.stderr)
+    files = ("cells.csv, summary.csv" if len(points) > 1 else
+             f"summary.csv, {sum(r.fit is not None for _, r in results)} .nc files")
+    print(f"wrote {dest}/report.md, {files}")
     return 0
 
 

@@ -25,6 +25,7 @@ from ..errors import ZooError, unknown
 BENCHES = {
     "mcmc": "many-chain ChEES-HMC vs Pyro NUTS (and NUTS jit): ESS per second",
     "svi": "zoo's JIT-compiled vectorised ELBO vs plain Pyro SVI: time per step",
+    "grid": "a 16-cell recipe grid, serial vs the local process pool: wall time",
 }
 
 
