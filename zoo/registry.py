@@ -141,7 +141,7 @@ def list_datasets(pattern: str = "*") -> list[str]:
     return sorted(n for n in _DATASETS if fnmatch.fnmatch(n, pattern))
 
 
-def load_dataset(name: str, **args) -> dict:
+def load_dataset(name: str, /, **args) -> dict:
     """Load a registered data set; unknown loader arguments are named in the error."""
     spec = get_dataset(name)
     allowed = inspect.signature(spec.loader).parameters
