@@ -45,6 +45,6 @@ def train(params: Sequence[torch.Tensor], loss: Callable[[torch.Tensor], torch.T
             value = loss(idx)
             value.backward()
             opt.step()
-            total += float(value) * len(idx)
+            total += float(value.detach()) * len(idx)
         history.append(total / n)
     return history
