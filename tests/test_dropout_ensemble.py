@@ -15,7 +15,6 @@ from zoo.bdl.ensemble import adversarial_loss, fit_ensemble, gaussian_nll
 from zoo.errors import ZooError
 
 # zoo.bdl.net.train logs float(loss) of a tensor that requires grad; harmless here.
-pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 
 D = torch.float64
 

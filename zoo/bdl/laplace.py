@@ -212,12 +212,9 @@ def fit_map(x, y, task: Task, hidden: int | Sequence[int] = 50, epochs: int = 20
             nll = nn.functional.cross_entropy(out, y[idx])
         return nll + prior_precision / (2 * n) * sum((p**2).sum() for p in params)
 
-    with warnings.catch_warnings():
-        # train() logs float(loss) of a graph-carrying loss, which torch >= 2.13 warns about
-        warnings.filterwarnings("ignore", "Converting a tensor with requires_grad=True")
-        train(params + ([log_sigma] if learn_sigma else []), loss, n, epochs, batch_size, lr, seed)
+    train(params + ([log_sigma] if learn_sigma else []), loss, n, epochs, batch_size, lr, seed)
     net.eval()
-    return net, (float(log_sigma.exp()) if task == "regression" else None)
+    return net, (float(log_sigma.detach().exp()) if task == "regression" else None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ BENCHES = {
     "mcmc": "many-chain ChEES-HMC vs Pyro NUTS (and NUTS jit): ESS per second",
     "svi": "zoo's JIT-compiled vectorised ELBO vs plain Pyro SVI: time per step",
     "grid": "a 16-cell recipe grid, serial vs the local process pool: wall time",
+    "bdl": "Bayes by backprop (bnn_mlp) vs a plain PyTorch MLP: time per epoch",
 }
 
 

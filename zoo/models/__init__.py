@@ -3,7 +3,7 @@
 ``zoo.registry.list_models()`` lists them; ``zoo.registry.get_model(name)`` returns a spec.
 """
 
-from . import conjugate, hierarchical, regression  # noqa: F401  (registers the models)
+from . import conjugate, hierarchical, networks, regression  # noqa: F401  (registers the models)
 from .conjugate import NIGPosterior, nig_log_evidence, nig_marginals, nig_posterior
 from .regression import polynomial_features
 
