@@ -34,15 +34,19 @@ DONE = ("done", "no result")  # "no result": the method cannot apply (a saddle f
 _CODE_VERSION: str | None = None
 
 
-def code_version() -> str:
-    """A hash of the zoo package's source: a changed model or sampler invalidates old cells."""
-    global _CODE_VERSION
-    if _CODE_VERSION is None:
+def code_version(parts: tuple[str, ...] = ()) -> str:
+    """A hash of the zoo package's source (or of ``parts`` of it: files or folders relative to
+    the package): changed code invalidates the cells it computed."""
+    if parts or _CODE_VERSION is None:
         root = Path(__file__).resolve().parent
+        files = ([f for p in parts for f in ((root / p).rglob("*.py") if (root / p).is_dir()
+                                              else [root / p])] if parts else root.rglob("*.py"))
         h = hashlib.sha256()
-        for path in sorted(root.rglob("*.py")):
+        for path in sorted(files):
             h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-        _CODE_VERSION = h.hexdigest()[:12]
+        if parts:
+            return h.hexdigest()[:12]
+        globals()["_CODE_VERSION"] = h.hexdigest()[:12]
     return _CODE_VERSION
 
 

@@ -1,0 +1,133 @@
+"""Recipes whose ``[experiment]`` table runs a network benchmark instead of model fits.
+
+    [experiment]
+    kind = "uci_regression"            # or "calibration_classification"
+
+``python -m zoo.run NAME`` hands such a recipe here; ``--check``, ``--smoke``, ``--out``,
+``--executor``, ``--rerun`` and the rest mean what they mean for other recipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import ZooError, did_you_mean
+from ..recipe import display_path
+
+KINDS = ("uci_regression", "calibration_classification")
+CALIBRATION_KEYS = ("kind", "methods", "n_train", "n_val", "n_test")
+
+
+def header(raw: Mapping, path: Path) -> tuple[str, str, int, str]:
+    label = display_path(path)
+    rec = raw.get("recipe", {})
+    name, description, seed = rec.get("name"), rec.get("description", ""), rec.get("seed", 0)
+    if name != path.stem:
+        raise ZooError(f"{label}: recipe: name {name!r} must equal the file's stem {path.stem!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ZooError(f"{label}: recipe: seed must be an integer >= 0, got {seed!r}")
+    kind = raw["experiment"].get("kind")
+    if kind not in KINDS:
+        raise ZooError(f"{label}: experiment: unknown kind {kind!r}{did_you_mean(str(kind), KINDS)}; "
+                       f"allowed: {', '.join(KINDS)}")
+    return name, description, seed, kind
+
+
+def run(path: Path, raw: Mapping, args: argparse.Namespace, command: str) -> int:
+    """The CLI for experiment recipes; returns the exit status (ZooError propagates)."""
+    name, _, seed, kind = header(raw, path)
+    if args.set:
+        raise ZooError(f"--set is for model recipes; {display_path(path)} is an experiment: edit "
+                       "its [experiment] table (or use --smoke for its tiny settings)")
+    seed = args.seed if args.seed is not None else seed
+    label = display_path(path)
+    out_name = name + ("-smoke" if args.smoke else "")
+    if kind == "uci_regression":
+        return _uci(path, raw, args, command, label, out_name, seed)
+    return _calibration(raw, args, command, label, out_name, seed)
+
+
+def _uci(path: Path, raw: Mapping, args, command: str, label: str, out_name: str, seed: int) -> int:
+    from ..datasets.uci import load_uci, uci_root
+    from ..executors import ExecutorOptions, run_tasks, validate as validate_options
+    from . import uci_experiment as ux
+
+    config = ux.validate(raw, label, args.smoke)
+    splits = {}
+    for d in config["datasets"]:
+        n = load_uci(d, 0, root=config["root"])["n_splits"]
+        k = n if config["splits"] == "all" else min(config["splits"], n)
+        splits[d] = list(range(k))
+    store = Path(args.out) / ".cells" / out_name
+    cells = ux.make_cells(config["datasets"], splits, config["methods"], config["settings"], seed,
+                          config["root"], store)
+    if args.check:
+        print(f"experiment {out_name}: uci_regression, {len(cells)} cells "
+              f"({len(config['datasets'])} data sets x their splits x {len(config['methods'])} methods)")
+        for d in config["datasets"]:
+            print(f"  {d}: splits {splits[d][0]}..{splits[d][-1]}")
+        for m in config["methods"]:
+            print(f"  {m}: {config['settings'].get(m, {}) or '(defaults)'}")
+        print("ok: recipe is valid")
+        return 0
+    options = ExecutorOptions(name=args.executor or "local", workers=args.workers,
+                              threads=args.threads, address=args.address, fail_fast=args.fail_fast)
+    validate_options(options)
+    todo = cells if args.rerun else [c for c in cells if not c.done]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=out_name, unit="cell",
+               disable=args.quiet or not sys.stdout.isatty(), file=sys.stderr)
+    with bar:
+        outcomes = run_tasks(ux.run_cell, todo, options, progress=lambda c, _: bar.update())
+    failed = [(c, o) for c, o in zip(todo, outcomes) if isinstance(o, BaseException)]
+    print(f"cells: {len(cells)} in all, {len(cells) - len(todo)} already stored, "
+          f"{len(todo) - len(failed)} run now, {len(failed)} failed", file=sys.stderr)
+    if failed:
+        for cell, error in failed:
+            print(f"failed: {cell.name}: {type(error).__name__}: {error}\n"
+                  f"{getattr(error, 'zoo_traceback', '')}", file=sys.stderr)
+        print("the other cells are stored; run the same command again (no report was written)",
+              file=sys.stderr)
+        return 1
+    readme = uci_root(config["root"]).parent / "README.md"
+    dest = ux.write_report(cells, Path(args.out) / out_name, command, readme)
+    print(f"wrote {dest}/report.md, summary.csv, splits.csv")
+    return 0
+
+
+def _calibration(raw: Mapping, args, command: str, label: str, out_name: str, seed: int) -> int:
+    from . import calibration_experiment as cx
+
+    exp: dict[str, Any] = {k: v for k, v in raw["experiment"].items()}
+    per_method = {m: dict(exp.pop(m)) for m in list(exp) if isinstance(exp[m], dict)}
+    if args.smoke:
+        for key, value in raw.get("smoke", {}).items():
+            if isinstance(value, dict):
+                per_method.setdefault(key, {}).update(value)
+            else:
+                exp[key] = value
+    for key in exp:
+        if key not in CALIBRATION_KEYS:
+            raise ZooError(f"{label}: experiment: unknown key {key!r}"
+                           f"{did_you_mean(key, CALIBRATION_KEYS)}; allowed: "
+                           f"{', '.join(CALIBRATION_KEYS)} and a table per method")
+    methods = exp.get("methods", list(cx.METHOD_NAMES))
+    for m in list(methods) + list(per_method):
+        if m not in cx.METHOD_NAMES:
+            raise ZooError(f"{label}: experiment: unknown method {m!r}"
+                           f"{did_you_mean(m, cx.METHOD_NAMES)}; allowed: {', '.join(cx.METHOD_NAMES)}")
+    sizes = {k: int(exp.get(k, d)) for k, d in (("n_train", 300), ("n_val", 500), ("n_test", 5000))}
+    if args.check:
+        print(f"experiment {out_name}: calibration_classification, methods {', '.join(methods)}, "
+              + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+        print("ok: recipe is valid")
+        return 0
+    table, tables = cx.run(per_method, sizes["n_train"], sizes["n_val"], sizes["n_test"], seed,
+                           methods)
+    dest = cx.write_report(table, tables, Path(args.out) / out_name, command, sizes)
+    print(f"wrote {dest}/report.md, metrics.csv")
+    return 0
