@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .errors import ZooError
-from .recipe import Recipe, display_path, find_recipe, load_recipe, tomllib
+from .recipe import Recipe, display_path, find_recipe, load_recipe, read_toml
 
 ALIASES = {"seed": "recipe.seed", "dataset": "data.dataset", "methods": "inference.methods"}
 _RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
@@ -103,10 +103,7 @@ def expand(name_or_path: str, overrides: Iterable[str] = (), smoke: bool = False
     has no ``[grid]``). An invalid point is an error naming the recipe, the point and the key."""
     path = find_recipe(name_or_path)
     label = display_path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ZooError(f"{label}: invalid TOML: {e}") from None
+    raw = read_toml(path)
     grid = axes(raw, label)
     if seed is not None and any(p == "recipe.seed" for _, p, _ in grid):
         raise ZooError(f"--seed {seed} conflicts with the grid's seed axis in {label}")

@@ -120,6 +120,14 @@ def find_recipe(name_or_path: str | os.PathLike) -> Path:
     return recipes[text]
 
 
+def read_toml(path: Path) -> dict:
+    """A recipe file's TOML; a syntax error is a one-line ZooError naming the file."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ZooError(f"{display_path(Path(path))}: invalid TOML: {e}") from None
+
+
 def display_path(path: Path) -> str:
     """The path as a person would type it: relative to the working directory when inside it."""
     try:
@@ -344,10 +352,7 @@ def load_recipe(
     """Read, override and validate a recipe; raises ``ZooError`` with a one-line message."""
     path = find_recipe(name_or_path)
     label = display_path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ZooError(f"{label}: invalid TOML: {e}") from None
+    raw = read_toml(path)
     overrides = list(overrides)
     ck = _Checker(label, apply_overrides(raw, overrides))
     ck.keys("top level", raw, SECTIONS)

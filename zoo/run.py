@@ -24,7 +24,8 @@ from .errors import ZooError
 from .executors import ExecutorOptions, TaskFailed, run_tasks, validate
 from .grid import Point, expand
 from .grid_report import write_grid_results
-from .recipe import Recipe, check_data, display_path, find_recipe, list_recipes, tomllib
+from .recipe import (Recipe, check_data, display_path, find_recipe, list_recipes, read_toml,
+                     tomllib)
 from .report import FitResult, write_results
 
 
@@ -225,13 +226,6 @@ def estimate_evidence(recipe: Recipe, results: Sequence[FitResult]) -> list:
     return rows
 
 
-def _toml(path: Path) -> dict:
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ZooError(f"{display_path(path)}: invalid TOML: {e}") from None
-
-
 def executor_options(args: argparse.Namespace, recipe: Recipe) -> ExecutorOptions:
     """--executor (else the recipe's [recipe] executor, else local) and its options."""
     options = ExecutorOptions(name=args.executor or recipe.executor or "local",
@@ -266,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.recipe:
             raise ZooError("name a recipe (see --list) or pass --list")
         path = find_recipe(args.recipe)
-        raw = _toml(path)
+        raw = read_toml(path)
         if "experiment" in raw:  # a network benchmark, not model fits
             from .bdl import experiments
 
