@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .shared import entries, shared_folder
 from ..errors import ZooError, did_you_mean
 from ..registry import register_dataset
 
 ENV_VAR = "ZOO_POSTERIORDB"
-DEFAULT_ROOT = Path("..") / "shared" / "data" / "posteriordb"
 DATA_FILE = "data.json.zip"
 REFERENCE_FILE = "reference_draws.json.zip"
 
@@ -34,23 +34,12 @@ def posteriordb_root(root: str | os.PathLike | None = None) -> Path:
     """The posteriordb folder: ``root``, else ``$ZOO_POSTERIORDB``, else the default
     ``../shared/data/posteriordb`` from the working directory (or, failing that, from the
     checkout this package lives in, so scripts run from a sub-folder still find it)."""
-    if root is not None:
-        return Path(root)
-    env = os.environ.get(ENV_VAR)
-    if env:  # an explicitly set variable wins over the default
-        return Path(env)
-    beside_checkout = (Path(__file__).resolve().parents[2] / DEFAULT_ROOT).resolve()
-    if not DEFAULT_ROOT.is_dir() and beside_checkout.is_dir():
-        return beside_checkout
-    return DEFAULT_ROOT
+    return shared_folder("posteriordb", root, ENV_VAR)
 
 
 def list_posteriors(root: str | os.PathLike | None = None) -> list[str]:
     """Names of the posteriors (sub-folders with a data file) under the root, sorted."""
-    base = posteriordb_root(root)
-    if not base.is_dir():
-        return []
-    return sorted(p.name for p in base.iterdir() if (p / DATA_FILE).is_file())
+    return entries(posteriordb_root(root), DATA_FILE)
 
 
 def _folder(posterior: str, root: str | os.PathLike | None) -> Path:

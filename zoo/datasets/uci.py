@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .shared import entries, shared_folder
 from ..errors import ZooError, unknown
 from ..registry import register_dataset
 
 ENV_VAR = "ZOO_UCI"
-DEFAULT_ROOT = Path("..") / "shared" / "data" / "uci"
 DATA_FILE = "data.txt"
 FEATURES_FILE = "index_features.txt"
 TARGET_FILE = "index_target.txt"
@@ -37,23 +37,12 @@ GRID_FILES = ("dropout_rates", "tau_values")
 def uci_root(root: str | os.PathLike | None = None) -> Path:
     """The UCI folder: ``root``, else ``$ZOO_UCI``, else ``../shared/data/uci`` from the working
     directory (or, failing that, from the checkout this package lives in)."""
-    if root is not None:
-        return Path(root)
-    env = os.environ.get(ENV_VAR)
-    if env:  # an explicitly set variable wins over the default
-        return Path(env)
-    beside_checkout = (Path(__file__).resolve().parents[2] / DEFAULT_ROOT).resolve()
-    if not DEFAULT_ROOT.is_dir() and beside_checkout.is_dir():
-        return beside_checkout
-    return DEFAULT_ROOT
+    return shared_folder("uci", root, ENV_VAR)
 
 
 def list_uci(root: str | os.PathLike | None = None) -> list[str]:
     """Names of the data sets (sub-folders holding a ``data.txt``) under the root, sorted."""
-    base = uci_root(root)
-    if not base.is_dir():
-        return []
-    return sorted(p.name for p in base.iterdir() if (p / DATA_FILE).is_file())
+    return entries(uci_root(root), DATA_FILE)
 
 
 def _folder(name: str, root: str | os.PathLike | None) -> Path:
