@@ -16,16 +16,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from .errors import ConvergenceWarning, NotPositiveDefiniteError
+from .executors import ExecutorOptions, run_tasks
 from .grid import Point
 from .recipe import Recipe, load_data, load_recipe
 from .report import FitResult, atomic_directory
@@ -84,6 +86,32 @@ class Cell:
     @property
     def done(self) -> bool:
         return self.status() in DONE
+
+
+class CellsFailed(Exception):
+    """Some cells raised; the others are stored and the report is not written."""
+
+    def __init__(self, failed: list):
+        super().__init__(f"{len(failed)} cells failed")
+        self.failed = failed  # (cell, exception) pairs
+
+
+def run_cells(fn: Callable, cells: Sequence, options: ExecutorOptions, desc: str,
+              progress: bool = False, rerun: bool = False) -> None:
+    """Run ``fn`` on every cell not yet stored (every cell with ``rerun``) with the executor,
+    a progress bar over all cells, and a tally on stderr; raise ``CellsFailed`` if any failed."""
+    from tqdm.auto import tqdm
+
+    todo = list(cells) if rerun else [c for c in cells if not c.done]
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=desc, unit="cell",
+               disable=not progress, file=sys.stderr)
+    with bar:
+        outcomes = run_tasks(fn, todo, options, progress=lambda cell, _: bar.update())
+    failed = [(c, o) for c, o in zip(todo, outcomes) if isinstance(o, BaseException)]
+    print(f"cells: {len(cells)} in all, {len(cells) - len(todo)} already stored, "
+          f"{len(todo) - len(failed)} run now, {len(failed)} failed", file=sys.stderr)
+    if failed:
+        raise CellsFailed(failed)
 
 
 def identity(recipe: Recipe, model: int, method: str, device: str) -> dict[str, Any]:

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from . import registry
-from .cells import load_result, make_cells, run_cell
+from .cells import CellsFailed, load_result, make_cells, run_cell, run_cells
 from .errors import ZooError
-from .executors import ExecutorOptions, TaskFailed, run_tasks, validate
+from .executors import ExecutorOptions, TaskFailed, validate
 from .grid import Point, expand
 from .grid_report import write_grid_results
 from .recipe import (Recipe, check_data, display_path, find_recipe, list_recipes, read_toml,
@@ -159,37 +159,18 @@ def _compare(result: FitResult, reference: Mapping[str, Any] | None) -> None:
         result.comparison_kind = "exact"
 
 
-class CellsFailed(Exception):
-    """Some cells raised; the others are stored and the report is not written."""
-
-    def __init__(self, failed: list):
-        super().__init__(f"{len(failed)} cells failed")
-        self.failed = failed
-
-
 def execute(points: Sequence[Point], out: Path, command: str, options: ExecutorOptions,
             progress: bool = False, rerun: bool = False, device: str = "cpu",
             ) -> tuple[Path, list[tuple[str, FitResult]]]:
     """Run every cell not yet stored, then write ``out/<name>`` (``<name>-smoke``) atomically
     from the stored cells. Cells live in ``out/.cells/<name>/`` and survive a killed run."""
-    from tqdm.auto import tqdm
-
     recipe = points[0].recipe
     for point in points:  # fail before the first fit, not after an hour of them
         check_data(point.recipe)
     reference = load_reference(recipe)
     name = recipe.name + ("-smoke" if recipe.smoke else "")
     cells = make_cells(points, Path(out) / ".cells" / name, device)
-    todo = cells if rerun else [c for c in cells if not c.done]
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=recipe.name, unit="cell",
-               disable=not progress, file=sys.stderr)
-    with bar:
-        outcomes = run_tasks(run_cell, todo, options, progress=lambda cell, _: bar.update())
-    failed = [(c, o) for c, o in zip(todo, outcomes) if isinstance(o, BaseException)]
-    print(f"cells: {len(cells)} in all, {len(cells) - len(todo)} already stored, "
-          f"{len(todo) - len(failed)} run now, {len(failed)} failed", file=sys.stderr)
-    if failed:
-        raise CellsFailed(failed)
+    run_cells(run_cell, cells, options, recipe.name, progress, rerun)
     results = [load_result(c) for c in cells]
     for r in results:
         _compare(r, reference)
@@ -288,8 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except CellsFailed as e:
         for cell, error in e.failed:
-            print(f"failed: {cell.name}: {type(error).__name__}: {error} "
-                  f"(traceback: {cell.path / 'error.txt'})", file=sys.stderr)
+            where = cell.path / "error.txt"  # model cells keep their traceback on disk
+            print(f"failed: {cell.name}: {type(error).__name__}: {error} " +
+                  (f"(traceback: {where})" if where.is_file() else
+                   "\n" + getattr(error, "zoo_traceback", "")), file=sys.stderr)
         print("the other cells are stored; fix the cause and run the same command again "
               "(no report was written)", file=sys.stderr)
         return 1

@@ -52,7 +52,8 @@ def run(path: Path, raw: Mapping, args: argparse.Namespace, command: str) -> int
 
 def _uci(path: Path, raw: Mapping, args, command: str, label: str, out_name: str, seed: int) -> int:
     from ..datasets.uci import load_uci, uci_root
-    from ..executors import ExecutorOptions, run_tasks, validate as validate_options
+    from ..cells import run_cells
+    from ..executors import ExecutorOptions, validate as validate_options
     from . import uci_experiment as ux
 
     config = ux.validate(raw, label, args.smoke)
@@ -76,23 +77,8 @@ def _uci(path: Path, raw: Mapping, args, command: str, label: str, out_name: str
     options = ExecutorOptions(name=args.executor or "local", workers=args.workers,
                               threads=args.threads, address=args.address, fail_fast=args.fail_fast)
     validate_options(options)
-    todo = cells if args.rerun else [c for c in cells if not c.done]
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=out_name, unit="cell",
-               disable=args.quiet or not sys.stdout.isatty(), file=sys.stderr)
-    with bar:
-        outcomes = run_tasks(ux.run_cell, todo, options, progress=lambda c, _: bar.update())
-    failed = [(c, o) for c, o in zip(todo, outcomes) if isinstance(o, BaseException)]
-    print(f"cells: {len(cells)} in all, {len(cells) - len(todo)} already stored, "
-          f"{len(todo) - len(failed)} run now, {len(failed)} failed", file=sys.stderr)
-    if failed:
-        for cell, error in failed:
-            print(f"failed: {cell.name}: {type(error).__name__}: {error}\n"
-                  f"{getattr(error, 'zoo_traceback', '')}", file=sys.stderr)
-        print("the other cells are stored; run the same command again (no report was written)",
-              file=sys.stderr)
-        return 1
+    run_cells(ux.run_cell, cells, options, out_name, not args.quiet and sys.stdout.isatty(),
+              args.rerun)  # failures: CellsFailed, reported by zoo.run like a grid's
     readme = uci_root(config["root"]).parent / "README.md"
     dest = ux.write_report(cells, Path(args.out) / out_name, command, readme)
     print(f"wrote {dest}/report.md, summary.csv, splits.csv")
