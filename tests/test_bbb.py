@@ -26,6 +26,8 @@ from zoo.fit import default_dtype
 from zoo.models.networks import LAYERS, bnn_mlp, bnn_mlp_guide, predictive
 from zoo.uncertainty import ClassificationPredictive, RegressionPredictive
 
+from conftest import FixSubsample
+
 F64 = torch.float64
 
 
@@ -34,18 +36,6 @@ def float64():
     with default_dtype(F64):
         pyro.set_rng_seed(0)
         yield
-
-
-class FixSubsample(pyro.poutine.messenger.Messenger):
-    """Force the indices the subsampled plate ``name`` draws (so a minibatch is chosen)."""
-
-    def __init__(self, name: str, idx: torch.Tensor):
-        super().__init__()
-        self.name, self.idx = name, idx
-
-    def _pyro_sample(self, msg):
-        if msg["name"] == self.name:
-            msg["value"], msg["done"] = self.idx, True
 
 
 def tiny_q(in_dim=2, hidden=4, out=1, learn_noise=False, rho=None, prior_scale=(1.0, 0.5),

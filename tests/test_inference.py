@@ -16,7 +16,7 @@ from zoo.errors import NotPositiveDefiniteError, ZooError
 from zoo.fit import default_dtype
 from zoo.inference import resolve_method
 
-from conftest import SMOKE
+from conftest import SMOKE, FixSubsample, assert_matches_normal_normal
 
 CASES = [(m, meth) for m in zoo.list_models() for meth in zoo.get_model(m).methods]
 
@@ -101,27 +101,10 @@ def test_svi_full_rank_guide_recovers_gaussian_posterior():
     data = default_data(name)
     fit = zoo.fit(name, data, method="svi", guide="mvn", seed=0, num_steps=4000, lr=0.02,
                   num_samples=4000, num_particles=4)
-    with default_dtype(torch.float64):
-        exact = zoo.get_model(name).exact_posterior(**prepare(zoo.get_model(name), data))["mu"]
-    draws = fit.posterior["mu"].ravel()
-    sd = float(exact.stddev)
-    assert abs(draws.mean() - float(exact.mean)) < 4 * sd / np.sqrt(draws.size) + 0.02 * sd
-    assert abs(draws.std() / sd - 1) < 0.1
+    assert_matches_normal_normal(fit)
 
 
 # --- SVI mechanics -------------------------------------------------------------------------
-
-class _FixSubsample(pyro.poutine.messenger.Messenger):
-    """Force the subsample indices that the plate named ``name`` would draw."""
-
-    def __init__(self, name: str, idx: torch.Tensor):
-        super().__init__()
-        self.name, self.idx = name, idx
-
-    def _pyro_sample(self, msg):
-        if msg["name"] == self.name:
-            msg["value"], msg["done"] = self.idx, True
-
 
 def test_minibatch_elbo_scales_likelihood_by_n_over_b():
     # With a point-mass guide the ELBO is deterministic given the batch. Averaging the
@@ -142,7 +125,7 @@ def test_minibatch_elbo_scales_likelihood_by_n_over_b():
         full = Trace_ELBO().loss(spec.fn, guide, **data)
         losses = []
         for idx in torch.arange(n).reshape(-1, batch):
-            with _FixSubsample("data", idx):
+            with FixSubsample("data", idx):
                 losses.append(Trace_ELBO().loss(spec.fn, guide, **data, subsample_size=batch))
         assert len(set(np.round(losses, 6))) > 1  # the batches really differ
         assert np.isclose(np.mean(losses), full, rtol=1e-10)

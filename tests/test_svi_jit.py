@@ -15,7 +15,7 @@ import zoo
 from zoo.data import prepare
 from zoo.fit import default_dtype
 
-from conftest import SMOKE
+from conftest import SMOKE, assert_matches_normal_normal
 
 
 def default_data(name: str) -> dict:
@@ -95,12 +95,7 @@ def test_the_jit_path_recovers_a_conjugate_posterior():
     fit = zoo.fit(name, data, method="svi", seed=0, num_steps=3000, lr=0.02, num_samples=4000,
                   num_particles=4)
     assert fit.info["elbo_path"] == "jit+vectorised"
-    with default_dtype(torch.float64):
-        exact = zoo.get_model(name).exact_posterior(**prepare(zoo.get_model(name), data))["mu"]
-    draws = fit.posterior["mu"].ravel()
-    sd = float(exact.stddev)
-    assert abs(draws.mean() - float(exact.mean)) < 4 * sd / np.sqrt(draws.size) + 0.02 * sd
-    assert abs(draws.std() / sd - 1) < 0.1
+    assert_matches_normal_normal(fit)
 
 
 def test_minibatches_are_drawn_afresh_at_every_compiled_step():
