@@ -76,6 +76,7 @@ def test_bad_experiment_input_is_a_one_line_error(tmp_path, capsys):
     bad.write_text('[recipe]\nname = "bad_uci"\ndescription = "x"\n[experiment]\nkind = "uci"\n')
     assert run.main([str(bad), "--out", str(tmp_path)]) == 2
     assert "unknown kind 'uci'" in capsys.readouterr().err
-    assert run.main(["calibration_classification", "--set", "x=1", "--out", str(tmp_path)]) == 2
-    assert "--set is for model recipes" in capsys.readouterr().err
+    assert run.main(["calibration_classification", "--set", "experiment.x=1", "--out",
+                     str(tmp_path)]) == 2
+    assert "unknown key 'x'" in capsys.readouterr().err
     assert not list(Path(tmp_path).glob("*-smoke"))

@@ -3,8 +3,8 @@
     [experiment]
     kind = "uci_regression"            # or "calibration_classification"
 
-``python -m zoo.run NAME`` hands such a recipe here; ``--check``, ``--smoke``, ``--out``,
-``--executor``, ``--rerun`` and the rest mean what they mean for other recipes.
+``python -m zoo.run NAME`` hands such a recipe here; ``--check``, ``--smoke``, ``--set``,
+``--out``, ``--executor``, ``--rerun`` and the rest mean what they mean for other recipes.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ def header(raw: Mapping, path: Path) -> tuple[str, str, int, str]:
 
 def run(path: Path, raw: Mapping, args: argparse.Namespace, command: str) -> int:
     """The CLI for experiment recipes; returns the exit status (ZooError propagates)."""
+    from ..recipe import apply_overrides
+
+    apply_overrides(raw, args.set)  # --set experiment.datasets=[...]: checked like the file
     name, _, seed, kind = header(raw, path)
-    if args.set:
-        raise ZooError(f"--set is for model recipes; {display_path(path)} is an experiment: edit "
-                       "its [experiment] table (or use --smoke for its tiny settings)")
     seed = args.seed if args.seed is not None else seed
     label = display_path(path)
     out_name = name + ("-smoke" if args.smoke else "")

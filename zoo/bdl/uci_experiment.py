@@ -31,7 +31,10 @@ from ..report import atomic_directory, md_table
 
 COVERAGE_LEVELS = (0.5, 0.9, 0.95)
 # The code a cell's numbers depend on: its key hashes these, not the whole package.
-CODE = ("bdl", "datasets/uci.py", "uncertainty.py", "calibration.py")
+# The source a cell's numbers depend on: editing any of it recomputes the cells, editing the
+# CLI or the other experiments does not.
+CODE = tuple(f"bdl/{m}.py" for m in ("net", "bbb", "dropout", "ensemble", "laplace", "uci_experiment")
+             ) + ("models/networks.py", "datasets/uci.py", "uncertainty.py", "calibration.py")
 PIT_BINS = 10
 
 
