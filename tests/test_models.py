@@ -418,8 +418,8 @@ def test_subsampling_scales_the_likelihood(name):
 def test_methods_offered():
     for name in list_models():
         assert {"nuts", "svi"} <= set(get_model(name).methods), name
-    laplace = {n for n in list_models() if "laplace" in get_model(n).methods}
-    assert laplace == set(list_models()) - {"eight_schools_centered", "bnn_mlp"}
+    # Laplace needs a mode with a positive-definite Hessian: not the centered funnel's.
+    assert "laplace" not in get_model("eight_schools_centered").methods
 
 
 def test_centered_eight_schools_has_no_mode():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import shlex
 import sys
 from pathlib import Path
@@ -27,6 +28,13 @@ from .grid_report import write_grid_results
 from .recipe import (Recipe, check_data, display_path, find_recipe, list_recipes, read_toml,
                      tomllib)
 from .report import FitResult, write_results
+
+
+# ``python -m zoo.run sbc --model M --method X``: a command of its own, handed its arguments.
+SUBCOMMANDS = {"sbc": "zoo.sbc", "teach": "zoo.teach"}
+# A recipe holding one of these tables is not a model fit: the module's ``run(path, raw, args,
+# command)`` runs it with the same flags (--check, --smoke, --set, --out, --quiet, ...).
+RECIPE_TABLES = {"experiment": "zoo.bdl.experiments", "sbc": "zoo.sbc", "teach": "zoo.teach"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,6 +241,8 @@ def torch_threads(n: int) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return _report_errors(lambda: importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         if args.list:
@@ -242,10 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ZooError("name a recipe (see --list) or pass --list")
         path = find_recipe(args.recipe)
         raw = read_toml(path)
-        if "experiment" in raw:  # a network benchmark, not model fits
-            from .bdl import experiments
-
-            return experiments.run(path, raw, args, "python -m zoo.run " + shlex.join(argv))
+        for table, module in RECIPE_TABLES.items():
+            if table in raw:
+                return importlib.import_module(module).run(path, raw, args,
+                                                           "python -m zoo.run " + shlex.join(argv))
         points = expand(args.recipe, overrides=args.set, smoke=args.smoke, seed=args.seed)
         if args.check:
             for point in points:
@@ -264,9 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dest, results = execute(points, args.out, command, options, progress, args.rerun,
                                     args.device)
     except ZooError as e:
-        message = " ".join(str(e).split())  # one line, whatever the message held
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return _error(e)
     except CellsFailed as e:
         for cell, error in e.failed:
             where = cell.path / "error.txt"  # model cells keep their traceback on disk
@@ -293,6 +301,19 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"summary.csv, {sum(r.fit is not None for _, r in results)} .nc files")
     print(f"wrote {dest}/report.md, {files}")
     return 0
+
+
+def _error(e: ZooError) -> int:
+    message = " ".join(str(e).split())  # one line, whatever the message held
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _report_errors(command) -> int:
+    try:
+        return command()
+    except ZooError as e:
+        return _error(e)
 
 
 if __name__ == "__main__":

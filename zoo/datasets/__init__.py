@@ -5,7 +5,8 @@ one as a dict keyed by model argument. posteriordb's reference draws come from
 ``posteriordb_reference``; the UCI regression splits from ``load_uci``.
 """
 
-from . import eight_schools, posteriordb, synthetic, uci  # noqa: F401  (registers the data sets)
+from . import (eight_schools, glm, gp, mixture, multilevel, posteriordb, synthetic,  # noqa: F401
+               timeseries, uci)  # (importing registers the data sets)
 from .posteriordb import list_posteriors, load_posteriordb, posteriordb_reference, posteriordb_root
 from .synthetic import synthetic_truth
 from .uci import list_uci, load_uci, uci_root

@@ -3,7 +3,8 @@
 ``zoo.registry.list_models()`` lists them; ``zoo.registry.get_model(name)`` returns a spec.
 """
 
-from . import conjugate, hierarchical, networks, regression  # noqa: F401  (registers the models)
+from . import (conjugate, glm, gp, hierarchical, mixture, networks, regression,  # noqa: F401
+               timeseries)  # (importing registers the models)
 from .conjugate import NIGPosterior, nig_log_evidence, nig_marginals, nig_posterior
 from .regression import polynomial_features
 

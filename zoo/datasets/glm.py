@@ -1,0 +1,1 @@
+"""Data sets for the glm models. (Being written.)"""

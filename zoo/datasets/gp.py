@@ -1,0 +1,1 @@
+"""Data sets for the gp models. (Being written.)"""

@@ -1,0 +1,1 @@
+"""Gaussian-process models. (Being written.)"""

@@ -1,0 +1,1 @@
+"""Time-series models. (Being written.)"""
