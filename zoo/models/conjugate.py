@@ -269,3 +269,30 @@ def nig_log_joint_posterior(post: NIGPosterior, beta: Tensor, sigma2: Tensor) ->
     beta_given_sigma2 = dist.MultivariateNormal(post.loc, covariance_matrix=sigma2 * post.cov)
     sigma2_marginal = dist.InverseGamma(post.concentration, post.rate)
     return beta_given_sigma2.log_prob(beta) + sigma2_marginal.log_prob(sigma2)
+
+
+def nig_update(x: Tensor, y: Tensor, prior: NIGPosterior) -> NIGPosterior:
+    """The NIG posterior after observing (x, y) under a general NIG prior, e.g. the posterior of
+    earlier batches (sequential updating: today's posterior is tomorrow's prior).
+
+    Prior beta | sigma2 ~ Normal(m0, sigma2 V0), sigma2 ~ InverseGamma(a0, b0), and
+    y ~ Normal(x beta, sigma2 I) give, with P0 = V0^-1:
+
+    V_n = (P0 + x^T x)^-1,  m_n = V_n (P0 m0 + x^T y),  a_n = a0 + N/2,
+    b_n = b0 + (|y - x m_n|^2 + (m_n - m0)^T P0 (m_n - m0)) / 2.
+
+    With m0 = 0 and V0 = diag(prior_scale^2) this is ``nig_posterior``; since the likelihood
+    factorises over batches given (beta, sigma2), updating batch by batch gives the posterior of
+    all the data at once.
+    """
+    num_data = x.shape[0]
+    prior_precision = torch.cholesky_inverse(torch.linalg.cholesky(prior.cov))
+    precision = prior_precision + x.T @ x
+    chol = torch.linalg.cholesky(precision)
+    loc = torch.cholesky_solve((prior_precision @ prior.loc + x.T @ y).unsqueeze(-1), chol).squeeze(-1)
+    # Sums of squares, as in nig_posterior: b_n stays positive without cancellation.
+    residual, shift = y - x @ loc, loc - prior.loc
+    quad = residual @ residual + shift @ prior_precision @ shift
+    return NIGPosterior(loc=loc, cov=torch.cholesky_inverse(chol),
+                        concentration=prior.concentration + num_data / 2.0,
+                        rate=prior.rate + quad / 2.0)

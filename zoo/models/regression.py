@@ -233,3 +233,44 @@ for _k in range(MAX_DEGREE + 1):
             _on_polynomial_features, linear_regression_exact_log_evidence, _k),
     )
 del _k
+
+
+# --------------------------------------------------------------------------------------------
+# posteriordb's blr: linear regression with vague independent priors (not conjugate)
+# --------------------------------------------------------------------------------------------
+
+POSTERIORDB_BLR = (
+    "Magnusson, Torgander, Bürkner, Zhang, Carpenter & Vehtari (2024), posteriordb: testing, "
+    "benchmarking and developing Bayesian inference algorithms, arXiv:2407.04967 (model blr, "
+    "posterior sblri-blr)"
+)
+
+
+@register_model(
+    observed=("y",),
+    data_shapes={"X": ("N", "D"), "y": ("N",)},
+    default_dataset="blr_synthetic",
+    references=(POSTERIORDB_BLR, "Gelman et al. (2013), Bayesian Data Analysis, 3rd ed., chapter 14"),
+)
+def blr(
+    X: Tensor,
+    y: Tensor | None = None,
+    N: int | None = None,
+    D: int | None = None,
+    subsample_size: int | None = None,
+):
+    """Bayesian linear regression with vague priors, posteriordb's blr (Stan's data names).
+
+    beta[d] ~ Normal(0, 10),  d = 1..D
+    sigma ~ HalfNormal(10)   (Stan: normal(0, 10) on sigma > 0)
+    y[n] ~ Normal(X[n] . beta, sigma),  n = 1..N
+    No intercept unless X has a column of ones. The priors are independent (sigma does not
+    scale beta), so unlike linear_regression there is no closed form.
+    """
+    num_data, num_features = X.shape
+    with pyro.plate("features", num_features, dim=-1):
+        beta = pyro.sample("beta", dist.Normal(0.0, 10.0))
+    sigma = pyro.sample("sigma", dist.HalfNormal(10.0))
+    with pyro.plate("data", num_data, subsample_size=subsample_size, dim=-1) as idx:
+        loc = (X[idx] @ beta.unsqueeze(-1)).squeeze(-1)
+        return pyro.sample("y", dist.Normal(loc, sigma), obs=None if y is None else y[idx])
