@@ -7,6 +7,8 @@ Evidence estimators need log p(y, θ) at thousands of draws. Pyro gives it one p
 
 costs about one model evaluation for all S. The result is checked against Pyro's own
 potential at a point on construction, so a model that does not vectorise falls back to a loop.
+Discrete sites marked for enumeration are summed out (``tracing.log_joint``): θ is then the
+continuous latents only, and p(y, θ) = sum_z p(y, z, θ).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class LogJoint:
     """log p(y, θ) for ``spec.fn(**data)`` over the latent sites, batched over points.
 
     ``flat`` (zoo.inference.laplace.Flat) fixes the order of the unconstrained coordinates:
-    the latent sites in the order the model samples them.
+    the latent sites in the order the model samples them. Enumerated sites are not latents
+    here: they are summed out of the density.
     """
 
     def __init__(self, spec: ModelSpec, data: Mapping):
@@ -54,6 +57,10 @@ class LogJoint:
         self._sites = [n for n, s in ref.nodes.items()
                        if s["type"] == "sample" and not tracing.is_deterministic(s)]
         self.max_plate_nesting = tracing.max_plate_nesting(ref)
+        self.enumerated = bool(tracing.enumerated_sites(ref))
+        # constrained value shape, and how many of its dims are batch (plate) dims
+        self._shapes = {n: tuple(ref.nodes[n]["value"].shape) for n in self.latents}
+        self._batch_ndim = {n: len(ref.nodes[n]["fn"].batch_shape) for n in self.latents}
 
     @property
     def dim(self) -> int:
@@ -71,9 +78,61 @@ class LogJoint:
 
     def constrained(self, draws: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """log p(y, θ) at constrained draws ``site -> (S, *shape)``; returns (S,)."""
+        if self.enumerated:
+            return self._summed_out(draws)
         lp = tracing.evaluate(self.spec.fn, dict(draws), self.data, sites=self._sites,
                               log_prob=True, vectorize=self.spec.vectorizable)
         return sum(v.reshape(v.shape[0], -1).sum(-1) for v in lp.values())
+
+    def _summed_out(self, draws: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """log sum_z p(y, z, θ) at draws of θ: one pass under the draws plate when its first
+        and last rows match plain per-draw contractions, else one contraction per draw."""
+        nesting, fn = self.max_plate_nesting, self.spec.fn
+        num = next(iter(draws.values())).shape[0]
+
+        def one(i: int) -> torch.Tensor:
+            trace = tracing.get_trace(poutine.enum(fn, first_available_dim=-nesting - 1),
+                                      self.data, {n: v[i] for n, v in draws.items()})
+            return tracing.log_joint(trace)
+
+        if self.spec.vectorizable:
+            try:
+                with torch.no_grad():
+                    out = self._under_plate(dict(draws), num)
+            except tracing._NOT_VECTORISABLE:
+                out = None
+            rows = [0, num - 1]
+            if out is not None and out.shape == (num,) and torch.allclose(
+                    out[rows], torch.stack([one(i) for i in rows]), **_tol(out)):
+                return out
+        return torch.stack([one(i) for i in range(num)])
+
+    def _under_plate(self, draws: Mapping[str, torch.Tensor], num_points: int) -> torch.Tensor:
+        """log p(y, x) at constrained draws ``site -> (num_points, *shape)`` in one run of the
+        model under an outer plate, enumerated sites summed out; returns (num_points,)."""
+        nesting, model = self.max_plate_nesting, self.spec.fn
+
+        def vectorized(**kw):
+            with pyro.plate(tracing._DRAWS_PLATE, num_points, dim=-nesting - 1):
+                return model(**kw)
+
+        cond = {}
+        for name in self.latents:
+            x = draws[name]
+            pad = (1,) * max(nesting - self._batch_ndim[name], 0)
+            cond[name] = x.reshape((num_points,) + pad + self._shapes[name])
+        if self.enumerated:  # enumeration dims go left of the draws plate
+            vectorized = poutine.enum(vectorized, first_available_dim=-nesting - 2)
+        trace = prune_subsample_sites(poutine.trace(poutine.condition(vectorized, cond))
+                                      .get_trace(**self.data))
+        if self.enumerated:
+            return tracing.log_joint(trace, tracing._DRAWS_PLATE)
+        trace.compute_log_prob(lambda name, site: not tracing.is_deterministic(site))
+        out = 0.0
+        for site in trace.nodes.values():
+            if site["type"] == "sample" and "log_prob" in site:
+                out = out + site["log_prob"].reshape(num_points, -1).sum(-1)
+        return out
 
     def unconstrained(self, u: torch.Tensor) -> torch.Tensor:
         """log p(y, T(u)) + log|det J_T(u)| at points u of shape (S, d); returns (S,)."""
@@ -97,28 +156,13 @@ class LogJoint:
         Returns (function, note on how it runs). Raises ``NotVectorisable`` when even the
         eager batched function fails or disagrees (e.g. Python control flow on a latent).
         """
-        shapes = {n: s for n, s in zip(self.flat.names, self.flat.shapes)}
-        nesting, model, data = self.max_plate_nesting, self.spec.fn, self.data
-
-        def vectorized(**kw):
-            with pyro.plate(tracing._DRAWS_PLATE, num_points, dim=-nesting - 1):
-                return model(**kw)
-
         def log_density(u: torch.Tensor) -> torch.Tensor:
-            cond, out = {}, 0.0
+            draws, out = {}, 0.0
             for name, v in self.flat.unflatten(u).items():
                 t = self.transforms[name]
-                x = t(v)
+                draws[name] = x = t(v)
                 out = out + t.log_abs_det_jacobian(v, x).reshape(num_points, -1).sum(-1)
-                pad = (1,) * max(nesting - len(shapes[name]), 0)
-                cond[name] = x.reshape((num_points,) + pad + tuple(shapes[name]))
-            trace = prune_subsample_sites(poutine.trace(poutine.condition(vectorized, cond))
-                                          .get_trace(**data))
-            trace.compute_log_prob(lambda name, site: not tracing.is_deterministic(site))
-            for site in trace.nodes.values():
-                if site["type"] == "sample" and "log_prob" in site:
-                    out = out + site["log_prob"].reshape(num_points, -1).sum(-1)
-            return out
+            return out + self._under_plate(draws, num_points)
 
         gen = generator(seed)
         probe = [torch.rand(num_points, self.dim, generator=gen) * 4 - 2 for _ in range(2)]

@@ -4,10 +4,16 @@ Everything after inference needs the model run at S draws: deterministic sites, 
 log-likelihood, posterior predictive. A plate-correct model can do all S in one pass under an
 extra outermost ``pyro.plate``; we try that first, check its first draw against a plain run, and
 fall back to a loop over draws (slow but right) for models that cannot be vectorised.
+
+Discrete sites marked ``infer={"enumerate": "parallel"}`` (``enumerated_sites``) are summed out,
+never targeted by inference: ``latent_sites`` leaves them out, pointwise log-densities
+(``evaluate(log_prob=True)``) are marginal over them, and ``log_joint`` contracts them out of
+log p(y, θ) with Pyro's tensor variable elimination. Sampling (predictive, prior) draws them.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable, Mapping
 
 import pyro
@@ -15,8 +21,12 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide.initialization import InitMessenger
+from pyro.ops.contract import contract_to_tensor
+from pyro.ops.rings import LogRing
 from torch.distributions import transform_to
 from pyro.poutine.util import prune_subsample_sites
+
+from .errors import ZooError
 
 Draws = dict[str, torch.Tensor]  # site -> tensor shaped (S, *site_shape)
 
@@ -42,6 +52,8 @@ def structure(model: Callable, data: Mapping):
 def feasible(site: dict) -> torch.Tensor:
     # Pyro's init_tofeasible samples once for the shape, which ImproperUniform cannot do.
     fn = site["fn"]
+    if fn.has_enumerate_support:  # discrete: no transform to its support; take its first value
+        return fn.enumerate_support(expand=False)[0].expand(fn.batch_shape + fn.event_shape)
     return transform_to(fn.support)(torch.zeros(fn.batch_shape + fn.event_shape))
 
 
@@ -49,10 +61,21 @@ def is_deterministic(site: dict) -> bool:
     return bool(site.get("infer", {}).get("_deterministic"))
 
 
+def is_enumerated(site: dict) -> bool:
+    """A latent discrete site that inference sums out by parallel enumeration."""
+    return (site["type"] == "sample" and not site["is_observed"]
+            and site.get("infer", {}).get("enumerate") == "parallel")
+
+
+def enumerated_sites(trace) -> list[str]:
+    return [n for n, s in trace.nodes.items() if is_enumerated(s)]
+
+
 def latent_sites(trace) -> list[str]:
-    """Sample sites that inference targets: not observed, not deterministic."""
+    """Sample sites that inference targets: not observed, not deterministic, not enumerated."""
     return [
-        n for n, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]
+        n for n, s in trace.nodes.items()
+        if s["type"] == "sample" and not s["is_observed"] and not is_enumerated(s)
     ]
 
 
@@ -114,7 +137,8 @@ def _num_draws(draws: Draws) -> int:
     return sizes.pop()
 
 
-def _vectorized(model, draws: Draws, data, sites, log_prob: bool, ref) -> Draws:
+def _vectorized(model, draws: Draws, data, sites, log_prob: bool, ref, want: Draws,
+                enum_from: int | None) -> Draws:
     num = _num_draws(draws)
     nesting = max_plate_nesting(ref)
     cond = {}
@@ -127,15 +151,14 @@ def _vectorized(model, draws: Draws, data, sites, log_prob: bool, ref) -> Draws:
         with pyro.plate(_DRAWS_PLATE, num, dim=-nesting - 1):
             return model(**kw)
 
-    trace = get_trace(vectorized_model, data, cond)
+    # The draws plate takes the dim left of the model's plates; enumeration goes left of it.
+    enum_dim = None if enum_from is None else enum_from - 1
+    trace = get_trace(_enumerate(vectorized_model, enum_dim), data, cond)
     out = {}
-    for name in sites:
-        site = trace.nodes[name]
-        value = site["fn"].log_prob(site["value"]) if log_prob else site["value"]
-        want = _site_result(ref.nodes[name], log_prob).shape
-        if value.numel() != num * want.numel():
+    for name, value in _results(trace, sites, log_prob, enum_dim).items():
+        if value.numel() != num * want[name].numel():
             raise ValueError(f"site {name!r} did not vectorise")
-        out[name] = value.reshape((num,) + tuple(want))
+        out[name] = value.reshape((num,) + tuple(want[name].shape))
     return out
 
 
@@ -143,12 +166,86 @@ def _site_result(site, log_prob: bool) -> torch.Tensor:
     return site["fn"].log_prob(site["value"]) if log_prob else site["value"]
 
 
-def _sequential(model, draws: Draws, data, sites, log_prob: bool) -> Draws:
+def _enumerate(model: Callable, first_dim: int | None) -> Callable:
+    """``model`` with its enumerated sites enumerated in parallel from dim ``first_dim`` leftwards."""
+    return model if first_dim is None else poutine.enum(model, first_available_dim=first_dim)
+
+
+def _results(trace, sites, log_prob: bool, enum_dim: int | None) -> Draws:
+    if enum_dim is None:
+        return {n: _site_result(trace.nodes[n], log_prob) for n in sites}
+    return {n: marginal_log_prob(trace, n, enum_dim) for n in sites}
+
+
+def marginal_log_prob(trace, name: str, enum_dim: int) -> torch.Tensor:
+    """Pointwise log p(site | continuous values) with the enumerated sites it depends on summed.
+
+    In a trace enumerated from dim ``enum_dim`` leftwards, the site's log-density has a dim for
+    each enumerated site z it depends on. Adding log p(z) for those z (and for the enumerated
+    sites they in turn depend on) and taking logsumexp over the enumeration dims gives, per
+    element of the site's plates, log sum_z p(z) p(y | z): for a mixture,
+    log sum_k weights[k] Normal(y[n] | locs[k], scales[k]).
+    """
+    plate_ndim = -enum_dim - 1
+
+    def enum_dims(t: torch.Tensor) -> set[int]:
+        return {d for d in range(-t.dim(), -plate_ndim) if t.shape[d] > 1}
+
+    site = trace.nodes[name]
+    terms = [site["fn"].log_prob(site["value"])]
+    need = enum_dims(terms[0])
+    pending = [s for n, s in trace.nodes.items() if is_enumerated(s) and n != name]
+    grew = True
+    while grew:  # the enumerated ancestors, through the enumeration dims they share
+        grew = False
+        for s in list(pending):
+            if s["infer"].get("_enumerate_dim") in need:
+                terms.append(s["fn"].log_prob(s["value"]))
+                need |= enum_dims(terms[-1])
+                pending.remove(s)
+                grew = True
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    if total.dim() > plate_ndim:
+        total = total.logsumexp(dim=tuple(range(total.dim() - plate_ndim)))
+    plain = terms[0].shape[max(terms[0].dim() - plate_ndim, 0):]
+    if total.shape != plain:
+        raise ZooError(f"site {name!r} depends on an enumerated site in a plate it is not in: its "
+                       "pointwise log-density with that site summed out is not defined")
+    return total
+
+
+def log_joint(trace, target_plate: str | None = None) -> torch.Tensor:
+    """log p(y, θ) of an enumerated trace, its enumerated sites summed out by Pyro's tensor
+    variable elimination (``contract_to_tensor``, as in Pyro's NUTS potential): a scalar, or
+    one value per element of ``target_plate`` (e.g. the draws plate) when given."""
+    trace.compute_log_prob(lambda name, site: not is_deterministic(site))
+    trace.pack_tensors()
+    factors: OrderedDict = OrderedDict()
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and "log_prob" in site:
+            ordinal = frozenset(trace.plate_to_symbol[f.name]
+                                for f in site["cond_indep_stack"] if f.vectorized)
+            factors.setdefault(ordinal, []).append(site["packed"]["log_prob"])
+    enum_dims = set(trace.symbol_to_dim) - set(trace.plate_to_symbol.values())
+    if target_plate is None:
+        return contract_to_tensor(factors, enum_dims)
+    symbol = trace.plate_to_symbol[target_plate]
+    size = next(f.size for s in trace.nodes.values() if s["type"] == "sample"
+                for f in s["cond_indep_stack"] if f.name == target_plate)
+    # the ring is told the plate's size: packing drops a plate of size 1 from every factor
+    ring = LogRing(dim_to_size={symbol: size})
+    return contract_to_tensor(factors, enum_dims, target_ordinal=frozenset([symbol]), ring=ring)
+
+
+def _sequential(model, draws: Draws, data, sites, log_prob: bool,
+                enum_from: int | None = None) -> Draws:
     num = _num_draws(draws)
     rows = []
     for i in range(num):
-        trace = get_trace(model, data, {k: v[i] for k, v in draws.items()})
-        rows.append({n: _site_result(trace.nodes[n], log_prob) for n in sites})
+        trace = get_trace(_enumerate(model, enum_from), data, {k: v[i] for k, v in draws.items()})
+        rows.append(_results(trace, sites, log_prob, enum_from))
     return {n: torch.stack([r[n] for r in rows]) for n in sites}
 
 
@@ -172,28 +269,31 @@ def evaluate(
         sites = [n for n in observed_sites(ref) + deterministic_sites(ref)]
     if not sites:
         return {}
+    # Log-densities are marginal over enumerated sites: enumerate them left of the plates.
+    enum_from = -max_plate_nesting(ref) - 1 if log_prob and enumerated_sites(ref) else None
+    want = _results(ref if enum_from is None else get_trace(_enumerate(model, enum_from), data, first),
+                    sites, log_prob, enum_from)
     if vectorize:
         try:
-            out = _vectorized(model, draws, data, sites, log_prob, ref)
+            out = _vectorized(model, draws, data, sites, log_prob, ref, want, enum_from)
         except _NOT_VECTORISABLE:
             out = None
         # Guard against a model that broadcasts wrongly under the extra plate: the first
         # draw must reproduce the plain run (exactly for log-densities and deterministic
         # values; sampled sites can only be compared by shape).
-        if out is not None and _agrees(out, ref, sites, log_prob):
+        if out is not None and _agrees(out, ref, want, sites, log_prob):
             return out
-    return _sequential(model, draws, data, sites, log_prob)
+    return _sequential(model, draws, data, sites, log_prob, enum_from)
 
 
-def _agrees(out: Draws, ref, sites, log_prob: bool) -> bool:
+def _agrees(out: Draws, ref, want: Draws, sites, log_prob: bool) -> bool:
     for name in sites:
         site = ref.nodes[name]
-        want = _site_result(site, log_prob)
         got = out[name][0]
-        if got.shape != want.shape:
+        if got.shape != want[name].shape:
             return False
         fixed = log_prob or is_deterministic(site) or site["is_observed"]
-        if fixed and not torch.allclose(got, want, rtol=1e-6, atol=1e-8, equal_nan=True):
+        if fixed and not torch.allclose(got, want[name], rtol=1e-6, atol=1e-8, equal_nan=True):
             return False
     return True
 
