@@ -292,3 +292,13 @@ def test_every_setting_path_runs_and_is_recorded(method, settings):
     assert all(np.isfinite(v).all() for v in fit.posterior.values())
     if method == "svi":
         assert np.isfinite(fit.info["elbo"]).all()
+
+
+@pytest.mark.parametrize("fn", [dist.LKJCholesky(3, 2.0), dist.Dirichlet(torch.ones(4)),
+                                dist.HalfNormal(torch.ones(2)).to_event(1)])
+def test_feasible_start_is_in_the_support_whatever_its_unconstrained_shape(fn):
+    # init_strategy="feasible" maps zeros in unconstrained space; for a simplex (K - 1 free
+    # values) or a Cholesky factor (its strict lower triangle) that space has another shape.
+    value = tracing.feasible({"fn": fn})
+    assert value.shape == fn.batch_shape + fn.event_shape
+    assert bool(fn.support.check(value).all()) and torch.isfinite(fn.log_prob(value)).all()

@@ -56,8 +56,10 @@ def test_ar_k_log_joint_matches_scipy():
     y, K = data["y"].numpy(), data["K"]
     alpha, beta, sigma = 0.3, np.array([0.4, -0.2, 0.15]), 0.7
     # Stan's loop, written out: mu = alpha + sum_k beta[k] y[t-k] for t > K
-    one_step = [stats.norm.logpdf(y[t], alpha + sum(beta[k] * y[t - k - 1] for k in range(K)), sigma)
-                for t in range(K, len(y))]
+    one_step = [
+        stats.norm.logpdf(y[t], alpha + sum(beta[k] * y[t - k - 1] for k in range(K)), sigma)
+        for t in range(K, len(y))
+    ]
     expected = (stats.norm.logpdf(alpha, 0, 10) + stats.norm.logpdf(beta, 0, 10).sum()
                 + stats.halfcauchy.logpdf(sigma, scale=2.5) + sum(one_step))
     trace = trace_of("ar_k", data, alpha=torch.tensor(alpha), beta=torch.tensor(beta),
@@ -192,6 +194,9 @@ def test_model_integrated_over_states_is_the_kalman_likelihood():
         trace = trace_of("local_level", data, **scales, mu_init=x[0], z=x[1:])
         return sum(trace.nodes[n]["log_prob_sum"] for n in ("mu_init", "z", "y"))
 
+    def states(x: torch.Tensor) -> torch.Tensor:
+        return trace_of("local_level", data, **scales, mu_init=x[0], z=x[1:]).nodes["mu"]["value"]
+
     x0 = torch.zeros(data["T"])
     hessian = -torch.autograd.functional.hessian(log_joint, x0)
     mode = x0 + torch.linalg.solve(hessian, torch.autograd.functional.jacobian(log_joint, x0))
@@ -199,12 +204,9 @@ def test_model_integrated_over_states_is_the_kalman_likelihood():
                   - 0.5 * torch.logdet(hessian))
     kalman = local_level_kalman(data["y"], scales["sigma_eps"], scales["sigma_eta"], **LEVEL)
     assert float(integrated) == pytest.approx(float(kalman.log_likelihood), abs=1e-8)
-    mu = trace_of("local_level", data, **scales, mu_init=mode[0], z=mode[1:]).nodes["mu"]["value"]
-    torch.testing.assert_close(mu, kalman.smoothed_mean, rtol=0, atol=1e-8)
+    torch.testing.assert_close(states(mode), kalman.smoothed_mean, rtol=0, atol=1e-8)
     # Cov(mu | y) = J H^-1 J^T with J = d mu / d x
-    jac = torch.autograd.functional.jacobian(
-        lambda x: trace_of("local_level", data, **scales, mu_init=x[0], z=x[1:]).nodes["mu"]["value"],
-        mode)
+    jac = torch.autograd.functional.jacobian(states, mode)
     cov = jac @ torch.linalg.solve(hessian, jac.T)
     torch.testing.assert_close(cov.diagonal(), kalman.smoothed_var, rtol=0, atol=1e-8)
 
@@ -279,7 +281,8 @@ def test_synthetic_data_follow_the_seed(name):
 
 @pytest.mark.parametrize("name,args,key", [
     ("ar_synthetic", {"K": 4}, "K=4"), ("ar_synthetic", {"T": 3}, "T=3"),
-    ("local_level_synthetic", {"T": 1}, "T=1"), ("local_level_synthetic", {"sigma_eta": 0.0}, "sigma_eta=0.0"),
+    ("local_level_synthetic", {"T": 1}, "T=1"),
+    ("local_level_synthetic", {"sigma_eta": 0.0}, "sigma_eta=0.0"),
     ("blr_synthetic", {"D": 0}, "D=0"), ("nile", {"scale": -1.0}, "scale=-1.0"),
 ])
 def test_bad_data_arguments_are_named(name, args, key):
@@ -346,8 +349,6 @@ def local_level_posterior_by_quadrature(y: torch.Tensor, size: int = 160,
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 6, open: chees from median starts still misses the exact Nile "
-                   "posterior at seed 0 (being fixed)", strict=False)
 def test_chees_matches_the_exact_local_level_posterior_on_the_nile():
     # The exact posterior: a 2-D integral over the scales of the Kalman filter's exact answer
     # for fixed scales. Means within 4 MCSE (102 parameters: false-alarm rate ~0.6% per run at

@@ -36,17 +36,19 @@ DONE = ("done", "no result")  # "no result": the method cannot apply (a saddle f
 _CODE_VERSION: str | None = None
 
 
-def code_version(parts: tuple[str, ...] = ()) -> str:
-    """A hash of the zoo package's source (or of ``parts`` of it: files or folders relative to
-    the package): changed code invalidates the cells it computed."""
-    if parts or _CODE_VERSION is None:
+def code_version(parts: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> str:
+    """A hash of the zoo package's source (or of ``parts`` of it, or of all but ``exclude``:
+    files or folders relative to the package): changed code invalidates the cells it computed."""
+    if parts or exclude or _CODE_VERSION is None:
         root = Path(__file__).resolve().parent
         files = ([f for p in parts for f in ((root / p).rglob("*.py") if (root / p).is_dir()
                                               else [root / p])] if parts else root.rglob("*.py"))
+        skip = [root / p for p in exclude]
         h = hashlib.sha256()
         for path in sorted(files):
-            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-        if parts:
+            if not any(path == s or s in path.parents for s in skip):
+                h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+        if parts or exclude:
             return h.hexdigest()[:12]
         globals()["_CODE_VERSION"] = h.hexdigest()[:12]
     return _CODE_VERSION

@@ -176,8 +176,8 @@ def report_md(result: SBCResult, command: str, figures: Sequence[str]) -> str:
     tests = result.tests.copy()
     table = tests[["param", "n", "chi2_p", "ecdf_p", "band", "mean_z", "dispersion_z", "min_p",
                    "reading"]]
-    kind = ("approximate method: miscalibration is expected" if result.approximate
-            else "exact method")
+    kind = ("an approximate method: a miscalibrated posterior is expected and labelled so"
+            if result.approximate else "an exact method: non-uniform ranks FAIL it")
     lines = [
         f"# SBC: {result.model} / {result.method}", "",
         f"**Verdict: {result.verdict}** ({kind}). Smallest p-value over the {len(TESTS)} tests × "
@@ -291,7 +291,8 @@ def main(argv: Sequence[str]) -> int:
 METHODS = ("chees", "nuts", "svi", "laplace", "exact")
 SBC_KEYS = ("models", "methods", "num_simulations", "num_draws", "alpha", "fit_timeout", "max_cpu",
             "folder", "model")
-MODEL_KEYS = ("dataset", "dataset_args", "args", "methods", "num_simulations")
+MODEL_KEYS = ("dataset", "dataset_args", "args", "methods", "num_simulations", "fit_timeout",
+              "max_cpu")
 
 
 @dataclass(frozen=True)
@@ -370,8 +371,28 @@ def _models(label: str, pattern: Any) -> list[str]:
     return names
 
 
+RUN_KEYS = ("num_simulations", "fit_timeout", "max_cpu")  # may also sit in a method table
+# Code a cell's ranks cannot depend on (reports, other experiments), left out of its key so
+# that editing it does not recompute hours of fits.
+NOT_IN_RANKS = ("bdl", "bench", "teach", "sbc_report.py", "grid_report.py", "report.py",
+                "figures.py", "continual.py")
+
+
+def _check_values(label: str, where: str, values: Mapping[str, Any]) -> None:
+    for key, value in values.items():
+        integer = key in ("num_simulations", "num_draws")
+        typed = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+        if not typed or not (value >= 2 if integer else 0 < value < 1 if key == "alpha"
+                             else value >= 0):
+            raise ZooError(f"{label}: {where}.{key}: got {value!r}; want " + (
+                "an integer >= 2" if integer else "a number in (0, 1)" if key == "alpha"
+                else "CPU seconds >= 0 (0: no limit)"))
+
+
 def make_cells(path: Path, raw: Mapping, smoke: bool, seed: int, store: Path) -> tuple[list, dict]:
-    """Validate the [sbc] table (with [smoke] merged in) and expand it to cells."""
+    """Validate the [sbc] table (with [smoke] merged in) and expand it to cells. Run keys
+    (num_simulations, fit_timeout, max_cpu) go [sbc] < [sbc.METHOD] < [sbc.model.NAME] <
+    [sbc.model.NAME.METHOD]; the rest of a method table is zoo.fit settings."""
     import hashlib
     import inspect
 
@@ -392,14 +413,7 @@ def make_cells(path: Path, raw: Mapping, smoke: bool, seed: int, store: Path) ->
     common = {k: table.get(k, d) for k, d in (("num_simulations", NUM_SIMULATIONS),
                                               ("num_draws", NUM_DRAWS), ("alpha", ALPHA),
                                               ("fit_timeout", FIT_TIMEOUT), ("max_cpu", 0.0))}
-    for key, value in common.items():
-        integer = key in ("num_simulations", "num_draws")
-        typed = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
-        if not typed or not (value >= 2 if integer else 0 < value < 1 if key == "alpha"
-                             else value >= 0):
-            raise ZooError(f"{label}: sbc.{key}: got {value!r}; want " + (
-                "an integer >= 2" if integer else "a number in (0, 1)" if key == "alpha"
-                else "CPU seconds >= 0 (0: no limit)"))
+    _check_values(label, "sbc", common)
     per_model = table.get("model", {})
     for name, entry in per_model.items():
         get_model(name)
@@ -415,19 +429,28 @@ def make_cells(path: Path, raw: Mapping, smoke: bool, seed: int, store: Path) ->
         for m in entry.get("methods", methods):
             if not (m in spec.methods or (m == "exact" and spec.exact_posterior is not None)):
                 continue
-            settings = {**table.get(m, {}), **entry.get(m, {})}
+            run, settings = dict(common), {}
+            for where, layer in ((f"sbc.{m}", table.get(m, {})),
+                                 (f"sbc.model.{name}", {k: v for k, v in entry.items()
+                                                        if k in RUN_KEYS}),
+                                 (f"sbc.model.{name}.{m}", entry.get(m, {}))):
+                keys = {k: v for k, v in layer.items() if k in RUN_KEYS}
+                _check_values(label, where, keys)
+                run.update(keys)
+                settings.update({k: v for k, v in layer.items() if k not in RUN_KEYS})
             try:
                 settings = method_settings(spec, m, common["num_draws"], settings)
             except ZooError as e:
                 raise ZooError(f"{label}: sbc.{m} (model {name}): {e}") from None
-            cell = dict(model=name, method=m, num_simulations=entry.get(
-                "num_simulations", common["num_simulations"]), num_draws=common["num_draws"],
-                alpha=common["alpha"], fit_timeout=float(common["fit_timeout"]),
-                max_cpu=float(common["max_cpu"]), seed=seed, dataset=entry.get("dataset"),
-                dataset_args=tuple(sorted(entry.get("dataset_args", {}).items())),
-                args=tuple(sorted(entry.get("args", {}).items())),
-                settings=tuple(sorted(settings.items())))
-            ident = json.dumps([cell, code_version()], sort_keys=True, default=str)
+            cell = dict(model=name, method=m, num_simulations=run["num_simulations"],
+                        num_draws=run["num_draws"], alpha=run["alpha"],
+                        fit_timeout=float(run["fit_timeout"]), max_cpu=float(run["max_cpu"]),
+                        seed=seed, dataset=entry.get("dataset"),
+                        dataset_args=tuple(sorted(entry.get("dataset_args", {}).items())),
+                        args=tuple(sorted(entry.get("args", {}).items())),
+                        settings=tuple(sorted(settings.items())))
+            ident = json.dumps([cell, code_version(exclude=NOT_IN_RANKS)], sort_keys=True,
+                               default=str)
             cells.append(SBCCell(**cell, key=hashlib.sha256(ident.encode()).hexdigest()[:16],
                                  store=str(store)))
     return cells, {**common, **{m: table[m] for m in METHODS if m in table}}
@@ -455,6 +478,7 @@ def run_recipe(path: Path, raw: Mapping, args: argparse.Namespace, command: str)
         for c in cells:
             extra = {k: dict(getattr(c, k)) for k in ("dataset_args", "args") if getattr(c, k)}
             print(f"  {c.name}: N={c.num_simulations} L={c.num_draws} "
+                  f"max_cpu={c.max_cpu:g}s "
                   f"{dict(c.settings) or ''} {extra or ''}".rstrip())
         print("ok: recipe is valid")
         return 0
@@ -488,10 +512,13 @@ def catalogue_md(rows: Sequence[tuple[str, SBCResult, float]], command: str,
                  settings: Mapping[str, Any]) -> str:
     """One table, model × method, linking each folder."""
     table = pd.DataFrame([{
-        "model": r.model, "method": r.method, "N": r.num_simulations, "failed": r.num_failed,
+        "model": r.model, "method": r.method,
+        "ranked / N": f"{r.num_simulations - r.num_failed - r.num_skipped} / {r.num_simulations}",
+        "failed": r.num_failed,
         "not converged": r.num_not_converged, "params": r.ranks.shape[1],
         "min adj. p": _fmt(r.min_adjusted_p, 3),
-        "ECDF band": "inside" if (r.tests["band"] == "inside").all() else "**outside**",
+        "ECDF band": ("**outside**" if (r.tests["band"] == "outside").any() else
+                      "inside" if (r.tests["band"] == "inside").any() else "n/a"),
         "verdict": r.verdict if r.verdict == "pass" else f"**{r.verdict}**",
         "CPU (s)": f"{t:.0f}", "folder": f"[{name}]({name}/report.md)"}
         for name, r, t in rows])
@@ -511,7 +538,12 @@ def catalogue_md(rows: Sequence[tuple[str, SBCResult, float]], command: str,
         "and Gaussian approximations are known to be too narrow or biased. `min adj. p` is the "
         "smallest Bonferroni-adjusted p-value; `ECDF band` whether every parameter's ECDF stays "
         "inside its simultaneous band (Säilynoja et al. 2022). Expected false FAILs over the "
-        f"whole table: at most {len(rows) * settings.get('alpha', ALPHA):.1f}.", "",
+        f"whole table: at most {len(rows) * settings.get('alpha', ALPHA):.1f}. "
+        "**inconclusive**: most failed fits ran over the CPU limit per fit, or fewer than 10 "
+        "fits were ranked. `ranked / N` falls short of N where fits failed or a cell's CPU "
+        "budget (`max_cpu`) ran out (the verdict then says so; the tests use the ranks so far). "
+        "`not converged`: fits that ran but failed a convergence check (their ranks are kept).",
+        "",
         md_table(table), "",
         "## Settings", "",
         *[f"- {k}: {v}" for k, v in settings.items()],

@@ -54,7 +54,10 @@ def feasible(site: dict) -> torch.Tensor:
     fn = site["fn"]
     if fn.has_enumerate_support:  # discrete: no transform to its support; take its first value
         return fn.enumerate_support(expand=False)[0].expand(fn.batch_shape + fn.event_shape)
-    return transform_to(fn.support)(torch.zeros(fn.batch_shape + fn.event_shape))
+    # zeros in unconstrained space, whose shape may differ (simplex: K - 1; LKJ Cholesky: the
+    # strict lower triangle)
+    t = transform_to(fn.support)
+    return t(torch.zeros(t.inverse_shape(fn.batch_shape + fn.event_shape)))
 
 
 def is_deterministic(site: dict) -> bool:

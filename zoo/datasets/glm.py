@@ -5,7 +5,7 @@ As in ``zoo.datasets.synthetic``: each loader draws from ``numpy.random.default_
 returns float64 tensors keyed by model argument (sizes and category counts stay Python ints);
 ``synthetic_truth(name, **args)`` returns the values that generated the data. Covariates are
 standard Normal, so the models' priors for standardised inputs fit them. Defaults are small
-(N = 100) so smoke fits take about a second; pass ``n``/``d`` for bigger runs.
+(N <= 100) so smoke fits are quick; pass ``n``/``d`` (and ``seed``) for bigger runs.
 """
 
 from __future__ import annotations

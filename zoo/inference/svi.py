@@ -14,6 +14,11 @@ before the first step, never assumed: a tensor turned into a Python value in the
 code (control flow the trace would freeze), a trace that fails, or a compiled ELBO or gradient
 that differs from the plain one at the same parameters and random numbers, and the fit runs on
 the plain path from the same starting state, saying why in ``fit.info["elbo_fallback"]``.
+
+Enumerated sites (``infer={"enumerate": "parallel"}``) are summed out of the ELBO exactly:
+Pyro's ``TraceEnum_ELBO`` (``JitTraceEnum_ELBO`` on the JIT path) with the model's plate
+nesting, and a guide over the continuous sites only (an autoguide sees the model with the
+enumerated sites hidden by ``poutine.block``).
 """
 
 from __future__ import annotations
@@ -24,25 +29,28 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyro
 import torch
-from pyro.infer import (SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO,
-                        TraceMeanField_ELBO, autoguide)
+from pyro import poutine
+from pyro.infer import (SVI, JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceMeanField_ELBO,
+                        Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO, autoguide)
 from pyro.infer.elbo import ELBO
 
 from ..data import to_device
 from ..errors import ConvergenceWarning, ZooError
 from ..registry import ModelSpec
-from ..tracing import guide_draws, latent_sites, max_plate_nesting, structure
+from ..tracing import enumerated_sites, guide_draws, latent_sites, max_plate_nesting, structure
 from .base import RunOutput
 from .settings import SVISettings
 
 
-def make_guide(spec: ModelSpec, config: SVISettings):
-    model = spec.fn
+def make_guide(spec: ModelSpec, config: SVISettings, enumerated: Sequence[str] = ()):
+    """The guide ``config.guide`` names; an autoguide covers the latents other than the
+    ``enumerated`` sites, which the ELBO sums out (hidden from the autoguide's model)."""
+    model = poutine.block(spec.fn, hide=list(enumerated)) if enumerated else spec.fn
     init = autoguide.init_to_median
     if config.guide == "model":
         if spec.guide is None:
@@ -129,7 +137,12 @@ def _model_data(spec: ModelSpec, data: Mapping, config: SVISettings) -> dict[str
     return model_data
 
 
-def _elbo(config: SVISettings, jit: bool, vectorize: bool, nesting: int) -> ELBO:
+def _elbo(config: SVISettings, jit: bool, vectorize: bool, nesting: int,
+          enumerated: bool = False) -> ELBO:
+    if enumerated:  # sums the enumerated sites out; needs the true plate nesting
+        cls = JitTraceEnum_ELBO if jit else TraceEnum_ELBO
+        return cls(num_particles=config.num_particles, vectorize_particles=vectorize,
+                   max_plate_nesting=nesting)
     if config.elbo == "meanfield":
         cls = _JitTraceMeanField_ELBO if jit else TraceMeanField_ELBO
     else:
@@ -229,16 +242,23 @@ def setup_svi(spec: ModelSpec, data: Mapping, config: SVISettings) -> SVIRun:
     A refused JIT path leaves no trace: the parameters it created are removed and the random
     state restored, so the plain path runs exactly as it would have with ``jit = false``."""
     model_data = _model_data(spec, data, config)
-    nesting = max_plate_nesting(structure(spec.fn, data))
+    ref = structure(spec.fn, data)
+    nesting, enumerated = max_plate_nesting(ref), enumerated_sites(ref)
+    if enumerated and config.elbo == "meanfield":
+        raise ZooError(f"svi on model {spec.name!r}: elbo = 'meanfield' (TraceMeanField_ELBO) "
+                       f"cannot sum out the enumerated sites {', '.join(enumerated)}; use "
+                       "elbo = 'trace' (TraceEnum_ELBO is then used)")
     # One particle needs no particle plate; a user's model may not be plate-correct.
     vectorize = spec.vectorizable and spec.family != "user" and config.num_particles > 1
     path, fallback = "plain", None
     if config.jit:
         store = pyro.get_param_store()
         params_before, rng = set(store.keys()), _rng_state()
-        guide, elbo = make_guide(spec, config), _elbo(config, True, vectorize, nesting)
+        guide = make_guide(spec, config, enumerated)
+        elbo = _elbo(config, True, vectorize, nesting, bool(enumerated))
         try:
-            _check_jit(elbo, _elbo(config, False, vectorize, nesting), spec.fn, guide, model_data)
+            _check_jit(elbo, _elbo(config, False, vectorize, nesting, bool(enumerated)), spec.fn,
+                       guide, model_data)
             path = "jit"
         except _JitRefused as e:
             fallback = str(e)
@@ -246,7 +266,8 @@ def setup_svi(spec: ModelSpec, data: Mapping, config: SVISettings) -> SVIRun:
                 del store[name]
             _set_rng_state(rng)
     if path == "plain":
-        guide, elbo = make_guide(spec, config), _elbo(config, False, vectorize, nesting)
+        guide = make_guide(spec, config, enumerated)
+        elbo = _elbo(config, False, vectorize, nesting, bool(enumerated))
     optim = _optimizer(config)
     return SVIRun(SVI(spec.fn, guide, optim, loss=elbo), guide, optim, model_data,
                   path + ("+vectorised" if vectorize else ""), fallback)
@@ -346,9 +367,14 @@ def guide_on_cpu(spec: ModelSpec, config: SVISettings, data: Mapping) -> Callabl
     fitted = {k: v.detach().cpu() for k, v in pyro.get_param_store().named_parameters()}
     pyro.clear_param_store()
     with torch.device("cpu"), torch.no_grad():
-        guide = make_guide(spec, config)
+        data = to_device(data, "cpu")
+        ref = structure(spec.fn, data)
+        enumerated = enumerated_sites(ref)
+        guide = make_guide(spec, config, enumerated)
         # One ELBO evaluation creates every parameter (the guide's and any of the model's).
-        Trace_ELBO().loss(spec.fn, guide, **_model_data(spec, to_device(data, "cpu"), config))
+        elbo = (_elbo(config, False, False, max_plate_nesting(ref), True) if enumerated
+                else Trace_ELBO())
+        elbo.loss(spec.fn, guide, **_model_data(spec, data, config))
         for name, value in pyro.get_param_store().named_parameters():
             value.copy_(fitted[name])
     return guide

@@ -33,8 +33,6 @@ LANGE = ("Lange, Little & Taylor (1989), Robust statistical modeling using the t
 STAN_PRIORS = ("Stan prior choice recommendations, "
                "github.com/stan-dev/stan/wiki/Prior-Choice-Recommendations")
 HILBE = "Hilbe (2011), Negative Binomial Regression, 2nd ed. (the NB2 parameterisation)"
-SIMPSON = ("Simpson (2018), Justify my love, Statistical Modeling, Causal Inference, and Social "
-           "Science blog (priors on 1/sqrt(phi), shrinking a negative binomial to the Poisson)")
 MCCULLAGH_ORDINAL = ("McCullagh (1980), Regression models for ordinal data, J. R. Stat. Soc. B "
                      "42(2)")
 BETANCOURT_ORDINAL = ("Betancourt (2019), Ordinal regression, betanalpha.github.io/assets/"
@@ -172,7 +170,7 @@ def inverse_sqrt_half_normal(scale: float) -> dist.TransformedDistribution:
     observed=("y",),
     data_shapes={"x": ("N", "D"), "y": ("N",), "offset": ("N",)},
     default_dataset="negbinomial_synthetic",
-    references=(HILBE, GELMAN_HILL, SIMPSON),
+    references=(HILBE, GELMAN_HILL, STAN_PRIORS),
 )
 def negbinomial_regression(
     x: Tensor,
@@ -192,9 +190,10 @@ def negbinomial_regression(
     y[n] ~ NegativeBinomial2(mu[n], phi): E y = mu, Var y = mu + mu^2 / phi
 
     y[n] is Poisson with a Gamma(phi, phi / mu[n]) rate, whose coefficient of variation is
-    1 / sqrt(phi): the prior on that (Simpson 2018) puts its mode at the Poisson model
-    (phi -> infinity) and keeps the rate's extra noise below a CV of about 2 (95%), where a
-    flat or Gamma prior on phi itself would say little about the Poisson limit.
+    1 / sqrt(phi): the prior on that (the Stan prior-choice wiki's generic choice for the
+    negative binomial) puts its mode at the Poisson model (phi -> infinity) and keeps the
+    rate's extra noise below a CV of about 2 (95%), where a flat or Gamma prior on phi itself
+    would say little about the Poisson limit.
     """
     num_data, num_features = x.shape
     alpha, beta = _intercept_and_coefficients(num_features, intercept_scale, prior_scale)

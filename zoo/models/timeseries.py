@@ -45,7 +45,8 @@ class ConditionalAR(dist.TorchDistribution):
     or ``(..., 1)`` (they broadcast over time), beta ``(..., K)``.
     """
 
-    arg_constraints = {"alpha": constraints.real, "beta": constraints.independent(constraints.real, 1),
+    arg_constraints = {"alpha": constraints.real,
+                       "beta": constraints.independent(constraints.real, 1),
                        "sigma": constraints.positive}
     support = constraints.real
 
@@ -132,7 +133,8 @@ def _length(y: Tensor | None, T: int | None) -> int:
     if y is not None:
         T = y.shape[-1]
     if T is None:
-        raise ZooError("local_level: give the observations 'y' or their number 'T' to simulate them")
+        raise ZooError(
+            "local_level: give the observations 'y' or their number 'T' to simulate them")
     if T < 2:
         raise ZooError(f"local_level: T={T} must be >= 2")
     return int(T)
