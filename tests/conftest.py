@@ -18,12 +18,24 @@ torch.set_num_threads(1)
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("ZOO_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
+@pytest.fixture
+def float64():
+    """float64 default dtype and Pyro seed 0 (test modules opt in with ``pytestmark``): the
+    zoo runs every model in float64, and closed forms are compared to ~1e-8."""
+    from zoo.fit import default_dtype
+
+    with default_dtype(torch.float64):
+        pyro.set_rng_seed(0)
+        yield
+
+
 # Tiny settings: enough to exercise every code path, not to converge.
 SMOKE = {
     # max_tree_depth 4 (<= 15 steps a draw): before the mass matrix adapts, hierarchical models
     # otherwise build maximal trees for the whole (tiny) warmup; the code path is the same
     "nuts": {"num_warmup": 30, "num_samples": 30, "num_chains": 2, "max_tree_depth": 4},
-    "chees": {"num_warmup": 60, "num_samples": 20, "num_chains": 16},
+    # max_leapfrog 100: untuned warmup trajectories on a BNN otherwise run to the default 1000
+    "chees": {"num_warmup": 60, "num_samples": 20, "num_chains": 16, "max_leapfrog": 100},
     "svi": {"num_steps": 200, "num_samples": 100, "lr": 0.05},
     "laplace": {"num_samples": 100, "adam_steps": 200},
 }

@@ -22,7 +22,6 @@ import zoo
 from zoo.bdl import bbb
 from zoo.bdl.bbb import BBBFit, MeanField, fit_bbb
 from zoo.errors import ZooError
-from zoo.fit import default_dtype
 from zoo.models.networks import LAYERS, bnn_mlp, bnn_mlp_guide, predictive
 from zoo.uncertainty import ClassificationPredictive, RegressionPredictive
 
@@ -31,11 +30,7 @@ from conftest import FixSubsample
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    with default_dtype(F64):
-        pyro.set_rng_seed(0)
-        yield
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def tiny_q(in_dim=2, hidden=4, out=1, learn_noise=False, rho=None, prior_scale=(1.0, 0.5),

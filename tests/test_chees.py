@@ -8,7 +8,6 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from scipy import stats
 
 import zoo
 from zoo.datasets import posteriordb_reference

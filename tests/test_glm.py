@@ -16,7 +16,6 @@ import zoo
 from zoo.data import prepare
 from zoo.datasets import synthetic_truth
 from zoo.errors import ZooError
-from zoo.fit import default_dtype
 from zoo.models.glm import InducedDirichlet, nb2, ordinal_log_probs
 from zoo.registry import get_model, load_dataset
 
@@ -26,11 +25,7 @@ SETS = ["robust_synthetic", "poisson_synthetic", "negbinomial_synthetic", "ordin
         "horseshoe_synthetic"]
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    with default_dtype(torch.float64):
-        pyro.set_rng_seed(0)
-        yield
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def default_data(name: str, **overrides) -> tuple:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pyro
 import pyro.contrib.gp as contrib_gp
 import pyro.poutine as poutine
 import pytest
@@ -30,11 +29,7 @@ from zoo.models.gp import (APPROXIMATIONS, JITTER, LENGTHSCALE_CONCENTRATION, LE
 THETA = {"lengthscale": 1.3, "amplitude": 0.8, "sigma": 0.3}  # away from the data's truth
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    with default_dtype(torch.float64):
-        pyro.set_rng_seed(0)
-        yield
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def gp_data(**args) -> dict:

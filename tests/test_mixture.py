@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pyro
 import pytest
 import torch
 from pyro.infer.mcmc.util import initialize_model
@@ -37,11 +36,7 @@ POINTS = {"weights": [[0.3, 0.45, 0.25], [0.6, 0.3, 0.1]],
 POSTERIOR = "low_dim_gauss_mix-low_dim_gauss_mix"
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    with default_dtype(torch.float64):
-        pyro.set_rng_seed(0)
-        yield
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def mixture_data(**args) -> dict:

@@ -14,7 +14,6 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
@@ -23,7 +22,6 @@ from scipy import integrate, stats
 from zoo import tracing
 from zoo.data import prepare
 from zoo.errors import ZooError
-from zoo.fit import default_dtype
 from zoo.models import nig_posterior, polynomial_features
 from zoo.models.conjugate import nig_log_joint_posterior
 from zoo.registry import METHODS, get_model, list_datasets, list_models, load_dataset
@@ -45,12 +43,7 @@ POSTERIORDB = Path(
 EIGHT_SCHOOLS_REF = "eight_schools-eight_schools_noncentered"
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    # The zoo runs every model in float64; closed forms are compared to ~1e-8 below.
-    with default_dtype(torch.float64):
-        pyro.set_rng_seed(0)
-        yield
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def default_data(name: str, **overrides) -> tuple:

@@ -21,17 +21,13 @@ from zoo.data import prepare
 from zoo.datasets.multilevel import (baseball_heldout, baseball_players, load_baseball_table,
                                      load_radon_table)
 from zoo.errors import ZooError
-from zoo.fit import default_dtype
 from zoo.models.hierarchical import lkj_correlation_2x2
 
 # Gelman & Hill's printed estimates are rounded to 2 decimals: ours must round to them.
 PRINTED = 0.005 + 1e-9
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    with default_dtype(torch.float64):
-        yield
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def log_joint(name: str, data: dict, **values) -> float:

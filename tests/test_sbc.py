@@ -227,3 +227,17 @@ def test_mean_field_svi_is_flagged_as_an_approximate_method():
     assert result.verdict == "miscalibrated (approximate method)", result.tests
     coefficients = result.tests[result.tests["param"].str.startswith("beta")]
     assert (coefficients["reading"].str.contains("too narrow")).sum() >= 3, result.tests
+
+
+def test_an_exact_methods_fail_stands_only_if_fresh_simulations_fail_too():
+    from types import SimpleNamespace as R
+
+    from zoo.sbc_report import final_verdicts
+
+    rows = [("a-nuts", R(seed=0, verdict="FAIL")), ("a-nuts-seed1", R(seed=1, verdict="FAIL")),
+            ("b-exact", R(seed=0, verdict="FAIL")), ("b-exact-seed1", R(seed=1, verdict="pass")),
+            ("c-svi", R(seed=0, verdict="miscalibrated (approximate method)"))]
+    a, a1, b, b1, c = final_verdicts(rows)
+    assert a.startswith("FAIL (confirmed on fresh simulations, seed 1") and a1 is None
+    assert b == "pass (seed 0: FAIL; fresh simulations, seed 1: pass)" and b1 is None
+    assert c == "miscalibrated (approximate method)"

@@ -16,16 +16,12 @@ from zoo.data import prepare
 from zoo.datasets import posteriordb_reference
 from zoo.datasets.timeseries import AR_ALPHA, AR_BETA, nile_years
 from zoo.errors import ZooError
-from zoo.fit import default_dtype
 from zoo.models.timeseries import ConditionalAR, local_level, local_level_kalman
 
 from conftest import posteriordb_dir
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    with default_dtype(torch.float64):
-        yield
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def data_for(name: str, **args) -> dict:
