@@ -524,7 +524,7 @@ def run_recipe(path: Path, raw: Mapping, args: argparse.Namespace, command: str)
             write_folder(result, tmp / folder, command)
         rows = [(f, r, float(r.info.get("cpu_s", 0.0))) for f, r in results]
         (tmp / "report.md").write_text(catalogue_md(rows, command, {"seed": seed, **settings}))
-    verdicts = pd.Series([v.split(" (")[0] for v in final_verdicts(rows)]).value_counts()
+    verdicts = pd.Series([v.split(" (")[0] for v in final_verdicts(rows) if v]).value_counts()
     print(f"{len(results)} cells: " + ", ".join(f"{n} {v}" for v, n in verdicts.items()))
     print(f"wrote {dest}/report.md and {len(results)} folders")
     return 0
@@ -565,7 +565,7 @@ def catalogue_md(rows: Sequence[tuple[str, SBCResult, float]], command: str,
         "min adj. p": _fmt(r.min_adjusted_p, 3),
         "ECDF band": ("**outside**" if (r.tests["band"] == "outside").any() else
                       "inside" if (r.tests["band"] == "inside").any() else "n/a"),
-        "verdict": v if v == "pass" else f"**{v}**",
+        "verdict": v if v.startswith("pass") else f"**{v}**",
         "CPU (s)": f"{t:.0f}", "folder": ", ".join(
             f"[{f}]({f}/report.md)" for f in (name, f"{name}-seed{r.seed + 1}")
             if f == name or v != r.verdict)}
