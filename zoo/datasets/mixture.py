@@ -7,14 +7,14 @@ gives the values that generated them (the assignments z included).
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import ZooError, unknown
+from ..errors import ZooError
 from ..registry import register_dataset
+from .synthetic import Makers, truth_of
 
 Data = dict[str, Any]
 Truth = dict[str, Any]
@@ -100,7 +100,7 @@ def low_dim_gauss_mix_synthetic(n: int = 100, mu: Sequence[float] = LOW_DIM_GAUS
     return _low_dim_gauss_mix(n, mu, sigma, theta, seed)[0]
 
 
-_MAKERS: dict[str, tuple[Callable[..., Data], Callable[..., tuple[Data, Truth]]]] = {
+_MAKERS: Makers = {
     "mixture_synthetic": (mixture_synthetic, _gaussian_mixture),
     "low_dim_gauss_mix_synthetic": (low_dim_gauss_mix_synthetic, _low_dim_gauss_mix),
 }
@@ -108,12 +108,4 @@ _MAKERS: dict[str, tuple[Callable[..., Data], Callable[..., tuple[Data, Truth]]]
 
 def mixture_truth(name: str, **args) -> Truth:
     """The parameter values (and assignments z) that generated mixture data set ``name``."""
-    if name not in _MAKERS:
-        raise unknown("mixture data set", name, _MAKERS)
-    loader, maker = _MAKERS[name]
-    try:
-        bound = inspect.signature(loader).bind(**args)
-    except TypeError as e:
-        raise ZooError(f"mixture_truth({name!r}): {e}") from None
-    bound.apply_defaults()
-    return maker(**bound.arguments)[1]
+    return truth_of(_MAKERS, "mixture", name, args)

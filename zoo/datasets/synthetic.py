@@ -181,7 +181,8 @@ def radon_synthetic(num_groups: int = 85, n: int = 900, seed: int = 0) -> Data:
     return _radon(num_groups, n, seed)[0]
 
 
-_MAKERS: dict[str, tuple[Callable[..., Data], Callable[..., tuple[Data, Truth]]]] = {
+Makers = dict[str, tuple[Callable[..., Data], Callable[..., tuple[Data, Truth]]]]
+_MAKERS: Makers = {
     "binomial_synthetic": (binomial_synthetic, _binomial),
     "normal_synthetic": (normal_synthetic, _normal),
     "linear_synthetic": (linear_synthetic, _linear),
@@ -191,15 +192,21 @@ _MAKERS: dict[str, tuple[Callable[..., Data], Callable[..., tuple[Data, Truth]]]
 }
 
 
-def synthetic_truth(name: str, **args) -> Truth:
-    """The parameter values that generated synthetic data set ``name`` with ``args``."""
-    if name not in _MAKERS:
-        raise unknown("synthetic data set", name, _MAKERS)
-    loader, maker = _MAKERS[name]
+def truth_of(makers: Makers, kind: str, name: str, args: dict) -> Truth:
+    """The truth half of ``makers[name]`` called with the loader's arguments (defaults filled),
+    so the truth belongs to exactly the data set the loader returns for ``args``."""
+    if name not in makers:
+        raise unknown(f"{kind} data set", name, makers)
+    loader, maker = makers[name]
     try:
         bound = inspect.signature(loader).bind(**args)
     except TypeError as e:
-        raise ZooError(f"synthetic_truth({name!r}): {e}") from None
+        raise ZooError(f"{kind}_truth({name!r}): {e}") from None
     bound.apply_defaults()
     return maker(**bound.arguments)[1]
+
+
+def synthetic_truth(name: str, **args) -> Truth:
+    """The parameter values that generated synthetic data set ``name`` with ``args``."""
+    return truth_of(_MAKERS, "synthetic", name, args)
 
