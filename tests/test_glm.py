@@ -261,29 +261,6 @@ def test_warpbreaks_evidence_prefers_the_negative_binomial():
 
 
 # --------------------------------------------------------------------------------------------
-# Subsampling
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", GLM)
-def test_subsampling_scales_the_likelihood(name):
-    spec, data = default_data(name)
-    num_data = data["y"].shape[0]
-    trace = poutine.trace(spec.fn).get_trace(**data, subsample_size=10)
-    site = trace.nodes["y"]
-    idx = trace.nodes["data"]["value"]
-    assert site["value"].shape == (10,) and site["scale"] == pytest.approx(num_data / 10)
-    assert torch.equal(site["value"], data["y"][idx])
-    # the batch's likelihood is the full model's at the same rows, covariates (and offset) too
-    latents = {k: s["value"] for k, s in trace.nodes.items()
-               if s["type"] == "sample" and not s["is_observed"] and k != "data"}
-    full = trace_of(spec, data, **latents)
-    np.testing.assert_allclose(site["fn"].log_prob(site["value"]).numpy(),
-                               full.nodes["y"]["fn"].log_prob(data["y"])[..., idx].numpy(),
-                               rtol=1e-12)
-
-
-# --------------------------------------------------------------------------------------------
 # Inference on the synthetic sets
 # --------------------------------------------------------------------------------------------
 

@@ -396,16 +396,26 @@ def test_logistic_regression_log_joint_by_hand():
     assert got == pytest.approx(expected, abs=1e-9)
 
 
-@pytest.mark.parametrize("name", REGRESSIONS)
+SUBSAMPLED = REGRESSIONS + ["robust_regression", "poisson_regression", "negbinomial_regression",
+                            "ordinal_logistic", "horseshoe_regression"]
+
+
+@pytest.mark.parametrize("name", SUBSAMPLED)
 def test_subsampling_scales_the_likelihood(name):
     spec, data = default_data(name)
     num_data = data["y"].shape[0]
     trace = poutine.trace(spec.fn).get_trace(**data, subsample_size=10)
     site = trace.nodes["y"]
-    assert site["value"].shape == (10,)
-    assert site["scale"] == pytest.approx(num_data / 10)
     idx = trace.nodes["data"]["value"]
+    assert site["value"].shape == (10,) and site["scale"] == pytest.approx(num_data / 10)
     assert torch.equal(site["value"], data["y"][idx])
+    # the batch's likelihood is the full model's at the same rows, covariates (and offset) too
+    latents = {k: s["value"] for k, s in trace.nodes.items()
+               if s["type"] == "sample" and not s["is_observed"] and k != "data"}
+    full = poutine.trace(poutine.condition(spec.fn, latents)).get_trace(**data)
+    np.testing.assert_allclose(site["fn"].log_prob(site["value"]).numpy(),
+                               full.nodes["y"]["fn"].log_prob(data["y"])[..., idx].numpy(),
+                               rtol=1e-12)
 
 
 def test_methods_offered():

@@ -28,6 +28,9 @@ SUMMARY_MAX_ROWS = 25  # per fit in report.md; summary.csv has every row
 Z_FLAG = 4.0  # |z| beyond this many MCSEs is more than Monte Carlo error
 SD_TOLERANCE = 0.1  # reference comparisons: posterior sds should agree within 10%
 
+SMOKE_BANNER = ("> **Smoke run**: tiny settings to check the pipeline; the numbers below are "
+                "not to be interpreted.")
+
 
 @dataclass
 class FitResult:
@@ -286,8 +289,7 @@ def render(
 ) -> str:
     lines = [f"# {recipe.name}", ""]
     if recipe.smoke:
-        lines += ["> **Smoke run**: tiny settings to check the pipeline; the numbers below are "
-                  "not to be interpreted.", ""]
+        lines += [SMOKE_BANNER, ""]
     lines += [recipe.description, "", f"- command: `{command}`", f"- seed: {recipe.seed}",
               f"- fitting time: {wall_s:.1f} s (the fits' own times, summed; writing files and "
               "figures not included)",

@@ -414,7 +414,7 @@ def run_and_report(config: ActiveConfig, seed: int, dest: Path, command: str, sm
     """Run every acquisition × seed and write ``dest`` (report.md, curves.csv, summary.csv,
     bayes_optimal.csv, figures/) atomically."""
     from ..inference import versions
-    from ..report import atomic_directory, md_table
+    from ..report import SMOKE_BANNER, atomic_directory, md_table
 
     cpu = time.process_time()
     curves, optimal, extras = run(config, seed, progress)
@@ -423,8 +423,7 @@ def run_and_report(config: ActiveConfig, seed: int, dest: Path, command: str, sm
     doc = (__doc__ or "").split("\n\n", 1)[1].strip()
     lines = ["# active_learning", ""]
     if smoke:
-        lines += ["> **Smoke run**: tiny settings to check the pipeline; the numbers below are "
-                  "not to be interpreted.", ""]
+        lines += [SMOKE_BANNER, ""]
     lines += [doc, "", "## Settings", "", f"- command: `{command}`",
               f"- seeds: {seed}..{seed + config.seeds - 1} (each: its own pool, test set and "
               "initial labels, shared by the acquisition functions)",

@@ -308,7 +308,7 @@ def run_and_report(config: dict[str, Any], seed: int, dest, command: str, smoke:
     from .. import continual as conjugate_updates
     from ..continual import belief_figure, compare_sequential
     from ..inference import versions
-    from ..report import atomic_directory, md_table
+    from ..report import SMOKE_BANNER, atomic_directory, md_table
 
     wall, cpu = time.perf_counter(), time.process_time()
     c, t = config["conjugate"], config["tasks"]
@@ -332,8 +332,7 @@ def run_and_report(config: dict[str, Any], seed: int, dest, command: str, smoke:
     doc = (__doc__ or "").split("\n\n", 1)[1].strip()
     lines = ["# continual_learning", ""]
     if smoke:
-        lines += ["> **Smoke run**: tiny settings to check the pipeline; the numbers below are "
-                  "not to be interpreted.", ""]
+        lines += [SMOKE_BANNER, ""]
     lines += ["Belief updating where the posterior after batch t is the prior for batch t+1: exactly "
               "for the conjugate models (a), approximately by variational continual learning for "
               "a Bayesian neural network (b).", "", "## Settings", "", f"- command: `{command}`",
