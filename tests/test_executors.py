@@ -96,6 +96,14 @@ def test_local(tmp_path, monkeypatch):
     assert all(_runs(tmp_path, i) == 1 for i in range(8))
 
 
+def test_local_fresh_worker_after_max_tasks_per_child(tmp_path):
+    # One worker, two tasks per process: tasks 0-1 share a process, 2-3 share a new one.
+    tasks = [(str(tmp_path), i, "ok", 0.0) for i in range(4)]
+    run_tasks(_cell, tasks, ExecutorOptions("local", workers=1, max_tasks_per_child=2))
+    pids = [(tmp_path / f"{i}.log").read_text().strip() for i in range(4)]
+    assert pids[0] == pids[1] != pids[2] == pids[3]
+
+
 def test_fail_fast_serial(tmp_path):
     tasks = [(str(tmp_path), i, "fail" if i == 2 else "ok", 0.0) for i in range(8)]
     with pytest.raises(TaskFailed) as info:
@@ -162,6 +170,7 @@ def test_ctrl_c_stops_the_workers_now(tmp_path):
     (ExecutorOptions("local", address="auto"), "--address is for --executor ray"),
     (ExecutorOptions("ray", cpus_per_task=0), "cpus_per_task must be > 0"),
     (ExecutorOptions("ray", retries=-1), "retries must be >= 0"),
+    (ExecutorOptions(max_tasks_per_child=0), "max_tasks_per_child must be >= 1"),
 ])
 def test_bad_options(options, message):
     with pytest.raises(ZooError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -168,6 +169,31 @@ def test_parallel_chains_equal_sequential():
     a = zoo.fit("normal_normal", data, **kw)
     b = zoo.fit("normal_normal", data, parallel=True, **kw)
     np.testing.assert_array_equal(a.posterior["mu"], b.posterior["mu"])
+
+
+def test_nuts_jit_gives_eager_draws_and_refuses_a_frozen_value():
+    # jit = true traces Pyro's potential with torch.jit: the same arithmetic, so the same draws
+    # at the same seed. A model that turns a latent into a Python number would be traced with
+    # that number frozen (wrong draws, no error), so NUTS must read the tracer warning and run
+    # eagerly, saying so: then its draws are those of jit = false.
+    data = default_data("normal_normal")
+    kw = dict(method="nuts", seed=2, num_warmup=50, num_samples=50, num_chains=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback here
+        jit = zoo.fit("normal_normal", data, jit=True, **kw)
+    np.testing.assert_allclose(jit.posterior["mu"],
+                               zoo.fit("normal_normal", data, **kw).posterior["mu"], rtol=1e-12)
+
+    def branchy(y=None):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        scale = 1.0 if mu.item() > 0 else 2.0  # a value the trace would keep
+        with pyro.plate("obs", len(y)):
+            pyro.sample("y", dist.Normal(mu, scale), obs=y)
+
+    y = {"y": torch.tensor([0.5, -1.0, 2.0, 0.3, -0.2])}
+    with pytest.warns(RuntimeWarning, match="JIT-compiled potential cannot be used.*Python"):
+        a = zoo.fit(branchy, y, jit=True, **kw)
+    np.testing.assert_array_equal(a.posterior["mu"], zoo.fit(branchy, y, **kw).posterior["mu"])
 
 
 @pytest.mark.parametrize("method", ["nuts", "chees"])

@@ -13,7 +13,8 @@ import torch
 
 import zoo
 from zoo import run
-from zoo.sbc import DEFAULTS, ecdf_band, ecdf_pvalue, _eval_points, sbc
+from zoo.sbc import DEFAULTS, FitTimeout, sbc
+from zoo.sbc_result import _eval_points, ecdf_band, ecdf_pvalue
 from zoo.sbc_report import RUN_KEYS, load
 
 
@@ -71,6 +72,8 @@ def test_ecdf_band_has_its_nominal_false_alarm_rate():
         # the exact p-value agrees with the band: p <= 0.05 exactly when the ECDF leaves it
         for r, out in zip(ranks[:200], outside[:200]):
             assert (ecdf_pvalue(r, num_draws) <= 0.05) == out
+    # ranks as far from uniform as they get: a p-value of 0, not the round-off of 1 - 1 (-1e-15)
+    assert ecdf_pvalue(np.zeros(20), 32) == 0.0
 
 
 def flaky(fails):
@@ -107,6 +110,18 @@ def test_a_fit_over_the_cpu_limit_fails_as_a_timeout():
     result = sbc("normal_normal", spin, num_simulations=5, seed=0, fit_timeout=0.05)
     assert list(result.simulations["status"]) == ["timeout"] + ["skipped"] * 4
     assert result.verdict.startswith("inconclusive (1 of 5 fits failed, most over the CPU limit")
+    # TorchScript turns an exception raised in a signal handler (FitTimeout, from SIGPROF) into
+    # a RuntimeError: a fit that failed with its CPU limit spent is still a timeout.
+    def spin_in_torchscript(data, seed, num_draws):
+        try:
+            spin(data, seed, num_draws)
+        except FitTimeout as e:
+            raise RuntimeError(f"The following operation failed in the TorchScript "
+                               f"interpreter: {e}") from None
+
+    result = sbc("normal_normal", spin_in_torchscript, num_simulations=5, seed=0,
+                 fit_timeout=0.05)
+    assert list(result.simulations["status"]) == ["timeout"] + ["skipped"] * 4
 
 
 def test_the_cpu_budget_stops_a_run_and_the_verdict_says_so():

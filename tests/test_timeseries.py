@@ -47,8 +47,12 @@ def site_shapes(name: str, data: dict) -> dict[str, tuple]:
 # --------------------------------------------------------------------------------------------
 
 
-def test_ar_k_log_joint_matches_scipy():
-    data = data_for("ar_k")
+@pytest.mark.parametrize("scales", [{}, {"alpha_scale": 2.0, "beta_scale": 0.25,
+                                    "sigma_scale": 1.0}])
+def test_ar_k_log_joint_matches_scipy(scales):
+    data = {**data_for("ar_k"), **scales}
+    a, b, c = (scales.get(k, d) for k, d in (("alpha_scale", 10), ("beta_scale", 10),
+                                             ("sigma_scale", 2.5)))  # posteriordb's defaults
     y, K = data["y"].numpy(), data["K"]
     alpha, beta, sigma = 0.3, np.array([0.4, -0.2, 0.15]), 0.7
     # Stan's loop, written out: mu = alpha + sum_k beta[k] y[t-k] for t > K
@@ -56,8 +60,8 @@ def test_ar_k_log_joint_matches_scipy():
         stats.norm.logpdf(y[t], alpha + sum(beta[k] * y[t - k - 1] for k in range(K)), sigma)
         for t in range(K, len(y))
     ]
-    expected = (stats.norm.logpdf(alpha, 0, 10) + stats.norm.logpdf(beta, 0, 10).sum()
-                + stats.halfcauchy.logpdf(sigma, scale=2.5) + sum(one_step))
+    expected = (stats.norm.logpdf(alpha, 0, a) + stats.norm.logpdf(beta, 0, b).sum()
+                + stats.halfcauchy.logpdf(sigma, scale=c) + sum(one_step))
     trace = trace_of("ar_k", data, alpha=torch.tensor(alpha), beta=torch.tensor(beta),
                      sigma=torch.tensor(sigma))
     assert float(trace.log_prob_sum()) == pytest.approx(expected, abs=1e-9)
@@ -87,10 +91,11 @@ def test_ar_synthetic_is_stationary_around_its_truth():
     assert np.isfinite(y).all() and np.abs(y).max() < 10
 
 
-@pytest.mark.parametrize("K,T", [(0, 10), (3, 3), (2.5, 10)])
-def test_ar_k_rejects_bad_sizes(K, T):
-    with pytest.raises(ZooError, match=r"ar_k: (K|T)="):
-        zoo.get_model("ar_k").fn(K=K, T=T)
+@pytest.mark.parametrize("K,T,extra", [(0, 10, {}), (3, 3, {}), (2.5, 10, {}),
+                                       (2, 10, {"beta_scale": 0}), (2, 10, {"sigma_scale": "1"})])
+def test_ar_k_rejects_bad_sizes_and_scales(K, T, extra):
+    with pytest.raises(ZooError, match=r"ar_k: (K|T|beta_scale|sigma_scale)="):
+        zoo.get_model("ar_k").fn(K=K, T=T, **extra)
 
 
 def test_ar_k_sites_match_posteriordb_reference():

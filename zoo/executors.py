@@ -52,6 +52,9 @@ class ExecutorOptions:
     cpus_per_task: float = 1.0  # ray only
     retries: int = 3  # ray only: re-runs of a task whose worker died (never of an exception)
     fail_fast: bool = False
+    # local only: a fresh worker process after this many tasks (None: never), so that memory a
+    # task leaves behind (torch.jit's compiled graphs, Pyro's caches) is given back
+    max_tasks_per_child: int | None = None
 
 
 class TaskFailed(Exception):
@@ -81,6 +84,8 @@ def validate(options: ExecutorOptions) -> None:
         raise ZooError(f"cpus_per_task must be > 0, got {options.cpus_per_task}")
     if options.retries < 0:
         raise ZooError(f"retries must be >= 0, got {options.retries}")
+    if options.max_tasks_per_child is not None and options.max_tasks_per_child < 1:
+        raise ZooError(f"max_tasks_per_child must be >= 1 or None, got {options.max_tasks_per_child}")
 
 
 def run_tasks(fn: Callable[[T], R], tasks: Sequence[T], options: ExecutorOptions,
@@ -212,7 +217,9 @@ def _run_local(fn: Callable, tasks: list, options: ExecutorOptions,
     ctx = mp.get_context("spawn")  # not fork: forking a process that holds torch threads can deadlock
 
     def new_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(procs, mp_context=ctx, initializer=_init_worker, initargs=(threads,))
+        return ProcessPoolExecutor(procs, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(threads,),
+                                   max_tasks_per_child=options.max_tasks_per_child)
 
     # At most `procs` tasks are submitted at a time, so every submitted task is running: when a
     # worker dies, the pool fails exactly the tasks in flight and the rest go to a fresh pool, and

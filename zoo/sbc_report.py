@@ -33,8 +33,9 @@ from scipy import stats  # noqa: E402
 
 from .errors import ZooError, did_you_mean  # noqa: E402
 from .report import _fmt, atomic_directory, md_table  # noqa: E402
-from .sbc import (ALPHA, APPROXIMATE, FIT_TIMEOUT, NUM_DRAWS, NUM_SIMULATIONS,  # noqa: E402
-                  TESTS, SBCResult, chi2_bins, ecdf_band, sbc)
+from .sbc import FIT_TIMEOUT, NUM_DRAWS, NUM_SIMULATIONS, sbc  # noqa: E402
+from .sbc_result import (ALPHA, APPROXIMATE, TESTS, SBCResult, chi2_bins,  # noqa: E402
+                         ecdf_band)
 
 MAX_PANELS = 12  # parameters per figure, the least uniform first
 DPI = 80
@@ -375,8 +376,8 @@ def _models(label: str, pattern: Any) -> list[str]:
 RUN_KEYS = ("num_simulations", "fit_timeout", "max_cpu")  # may also sit in a method table
 # Code a cell's ranks cannot depend on (reports, other experiments), left out of its key so
 # that editing it does not recompute hours of fits.
-NOT_IN_RANKS = ("bdl", "bench", "teach", "sbc_report.py", "grid_report.py", "report.py",
-                "figures.py", "continual.py")
+NOT_IN_RANKS = ("bdl", "bench", "teach", "sbc_report.py", "sbc_result.py", "grid_report.py",
+                "report.py", "figures.py", "continual.py")
 
 
 def _check_values(label: str, where: str, values: Mapping[str, Any]) -> None:
@@ -495,8 +496,11 @@ def run_recipe(path: Path, raw: Mapping, args: argparse.Namespace, command: str)
                   f"{dict(c.settings) or ''} {extra or ''}".rstrip())
         print("ok: recipe is valid")
         return 0
+    # A fresh worker every few cells: the fits' torch.jit graphs and caches otherwise pile up
+    # (two workers reached 11 and 13 GB over ~130 cells).
     options = ExecutorOptions(name=args.executor or "local", workers=args.workers,
-                              threads=args.threads, address=args.address, fail_fast=args.fail_fast)
+                              threads=args.threads, address=args.address, fail_fast=args.fail_fast,
+                              max_tasks_per_child=4)
     validate(options)
     with torch_threads(options.threads or 1):
         run_cells(run_cell, cells, options, out_name, not args.quiet and sys.stdout.isatty(),

@@ -9,6 +9,7 @@ the sample statistics ArviZ knows: ``diverging``, ``energy`` (for E-BFMI), ``lp`
 from __future__ import annotations
 
 import math
+import os
 import multiprocessing as mp
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -22,7 +23,7 @@ from pyro.infer.mcmc import MCMC, NUTS
 from ..errors import ConvergenceWarning
 from ..fit import default_dtype
 from ..registry import ModelSpec
-from .base import INIT_STRATEGIES, RunOutput
+from .base import INIT_STRATEGIES, RunOutput, freezes_a_value
 from .settings import NUTSSettings
 
 _STATS = ("diverging", "energy", "lp", "step_size", "n_steps", "tree_depth", "acceptance_rate")
@@ -77,7 +78,32 @@ class RecordingNUTS(NUTS):
 
 def _run_chain(spec: ModelSpec, data: Mapping, config: NUTSSettings, seed: int, chain: int,
                progress: bool, dtype: torch.dtype):
-    """One chain; a module-level function so worker processes can run it."""
+    """One chain; a module-level function so worker processes can run it. With ``jit`` Pyro
+    traces the potential with torch.jit (2-3x faster for small models); a model the tracer
+    cannot handle runs eagerly instead, with a warning, as chees does."""
+    if not config.jit:
+        return _sample_chain(spec, data, config, seed, chain, progress, dtype, False)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", torch.jit.TracerWarning)
+            out = _sample_chain(spec, data, config, seed, chain, progress, dtype, True)
+        frozen = [w for w in caught if freezes_a_value(w)]
+        if frozen:  # the trace kept a value the model computed from a tensor: wrong draws
+            w = frozen[0]
+            raise RuntimeError(f"{os.path.basename(w.filename)}:{w.lineno}: {w.message}")
+        for w in caught:
+            if not issubclass(w.category, torch.jit.TracerWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return out
+    except Exception as e:
+        warnings.warn(f"{spec.name} nuts: the JIT-compiled potential cannot be used "
+                      f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); "
+                      "running eagerly (jit = false)", RuntimeWarning, stacklevel=2)
+        return _sample_chain(spec, data, config, seed, chain, progress, dtype, False)
+
+
+def _sample_chain(spec: ModelSpec, data: Mapping, config: NUTSSettings, seed: int, chain: int,
+                  progress: bool, dtype: torch.dtype, jit: bool):
     with default_dtype(dtype):
         pyro.set_rng_seed(seed + chain)
         kernel = RecordingNUTS(
@@ -85,8 +111,8 @@ def _run_chain(spec: ModelSpec, data: Mapping, config: NUTSSettings, seed: int, 
             target_accept_prob=config.target_accept,
             max_tree_depth=config.max_tree_depth,
             init_strategy=INIT_STRATEGIES[config.init_strategy],
-            jit_compile=config.jit,
-            ignore_jit_warnings=True,
+            jit_compile=jit,
+            ignore_jit_warnings=False,  # _run_chain reads them
             full_mass=config.dense_mass,
         )
         mcmc = MCMC(

@@ -26,7 +26,7 @@ class NUTSSettings:
     max_tree_depth: int = 10
     init_strategy: InitStrategy = "uniform"  # Stan's default: uniform on (-2, 2) unconstrained
     parallel: bool = False  # chains in processes; sequential is robust everywhere
-    jit: bool = False
+    jit: bool = False  # torch.jit-traced potential (Pyro's jit_compile); eager if tracing fails
     dense_mass: bool = False
 
 

@@ -44,6 +44,7 @@ from ..errors import ConvergenceWarning, ZooError
 from ..registry import ModelSpec
 from ..tracing import enumerated_sites, guide_draws, latent_sites, max_plate_nesting, structure
 from .base import RunOutput
+from .base import freezes_a_value as _freezes_a_value
 from .settings import SVISettings
 
 
@@ -82,11 +83,6 @@ def _optimizer(config: SVISettings):
 # ELBO paths: JIT-compiled where the model allows (checked), else plain
 # --------------------------------------------------------------------------------------------
 
-# Tracer warnings raised inside torch and Pyro come from their shape checks and from constants
-# built out of Python numbers, on every model (Pyro's JIT ELBOs are tested with them); the same
-# warning raised in the model's own code means a tensor became a Python value there.
-_LIBRARIES = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, pyro))
-_CONSTANTS = "results are registered as constants"
 _JIT_DEPRECATED = "`torch.jit.trace` is deprecated"
 
 
@@ -156,13 +152,6 @@ def _elbo(config: SVISettings, jit: bool, vectorize: bool, nesting: int,
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:160] if text else ''}"
-
-
-def _freezes_a_value(w: warnings.WarningMessage) -> bool:
-    """A tracer warning from the model's (or guide's) own code: a tensor turned into a Python
-    number or bool, whose value the trace would keep for every later step."""
-    return (issubclass(w.category, torch.jit.TracerWarning) and _CONSTANTS not in str(w.message)
-            and not w.filename.startswith(_LIBRARIES))
 
 
 def _rng_state() -> dict:

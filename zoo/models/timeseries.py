@@ -105,20 +105,27 @@ def _ar_sizes(K: int, T: int | None, y: Tensor | None) -> tuple[int, int]:
         "5th ed., chapter 3",
     ),
 )
-def ar_k(K: int, y: Tensor | None = None, T: int | None = None):
+def ar_k(K: int, y: Tensor | None = None, T: int | None = None, alpha_scale: float = 10.0,
+         beta_scale: float = 10.0, sigma_scale: float = 2.5):
     """Autoregression of order K, conditional on the first K values (posteriordb's arK).
 
-    alpha ~ Normal(0, 10);  beta[k] ~ Normal(0, 10), k = 1..K;  sigma ~ HalfCauchy(2.5)
-    y[t] ~ Normal(alpha + sum_k beta[k] y[t-k], sigma),  t = K+1..T
-    y[1..K] are conditioned on, not modelled (pointwise log-likelihood 0 there). The prior does
-    not restrict beta to stationarity, so prior-predictive paths (simulated from zeros before
-    t = 1) mostly explode, as they would from the Stan model.
+    alpha ~ Normal(0, alpha_scale);  beta[k] ~ Normal(0, beta_scale), k = 1..K;
+    sigma ~ HalfCauchy(sigma_scale);  y[t] ~ Normal(alpha + sum_k beta[k] y[t-k], sigma),
+    t = K+1..T. The defaults (10, 10, 2.5) are posteriordb's. y[1..K] are conditioned on, not
+    modelled (pointwise log-likelihood 0 there). The prior does not restrict beta to
+    stationarity, so with posteriordb's scales prior-predictive paths (simulated from zeros
+    before t = 1) mostly explode, as they would from the Stan model; beta_scale ~ 0.5 / K keeps
+    most of them stationary (sum_k |beta_k| < 1).
     """
     K, T = _ar_sizes(K, T, y)
-    alpha = pyro.sample("alpha", dist.Normal(0.0, 10.0))
+    for name, value in (("alpha_scale", alpha_scale), ("beta_scale", beta_scale),
+                        ("sigma_scale", sigma_scale)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ZooError(f"ar_k: {name}={value!r} must be a number > 0 (a prior scale)")
+    alpha = pyro.sample("alpha", dist.Normal(0.0, float(alpha_scale)))
     with pyro.plate("lags", K, dim=-1):
-        beta = pyro.sample("beta", dist.Normal(0.0, 10.0))
-    sigma = pyro.sample("sigma", dist.HalfCauchy(2.5))
+        beta = pyro.sample("beta", dist.Normal(0.0, float(beta_scale)))
+    sigma = pyro.sample("sigma", dist.HalfCauchy(float(sigma_scale)))
     # Given the observed lags the y[t] are independent: the plate states that factorisation.
     with pyro.plate("time", T, dim=-1):
         return pyro.sample("y", ConditionalAR(alpha, beta, sigma, T), obs=y)
