@@ -89,6 +89,22 @@ def flaky(fails):
     return posterior
 
 
+def test_the_log_likelihood_is_ranked_and_alone_catches_a_wrong_width():
+    # log p(y | θ) at the truth, ranked among its values at the draws (Modrák et al. 2023):
+    # uniform for the exact posterior; for one too narrow the draws crowd the likelihood's
+    # peak, so the truth's value ranks low (too wide: high). parameters=False ranks it alone
+    # (for models whose parameters are not identified); N = 200 detects a width off by 2x.
+    cases = {1.0: "pass", 0.5: "FAIL", 2.0: "FAIL"}
+    for scale, verdict in cases.items():
+        result = sbc("normal_normal", scaled_exact(scale), num_simulations=200, seed=2,
+                     parameters=False)
+        assert list(result.ranks.columns) == ["log_likelihood"]
+        assert result.verdict == verdict, (scale, result.tests)
+        if scale != 1.0:
+            z = result.tests.iloc[0]["mean_z"]
+            assert (z < 0) if scale < 1 else (z > 0), (scale, result.tests)
+
+
 def test_a_failed_fit_is_counted_not_dropped():
     once = sbc("normal_normal", flaky(lambda i: i == 5), num_simulations=30, seed=0)
     assert once.num_failed == 1 and once.ranks["mu"].isna().sum() == 1
@@ -256,3 +272,20 @@ def test_an_exact_methods_fail_stands_only_if_fresh_simulations_fail_too():
     assert a.startswith("FAIL (confirmed on fresh simulations, seed 1") and a1 is None
     assert b == "pass (seed 0: FAIL; fresh simulations, seed 1: pass)" and b1 is None
     assert c == "miscalibrated (approximate method)"
+
+
+def test_a_fail_whose_fits_did_not_converge_says_so():
+    # Too-narrow ranks (all 0) from an exact method: FAIL either way, and when most ranked fits
+    # failed their convergence checks the verdict says that is why (settings too short).
+    import pandas as pd
+
+    from zoo.sbc_result import SBCResult
+
+    def result(converged: list[bool]) -> SBCResult:
+        n = len(converged)
+        sims = pd.DataFrame({"status": ["ok"] * n, "converged": converged})
+        return SBCResult("m", "nuts", 8, 0, pd.DataFrame({"mu": [0.0] * n}), sims, {}, "d")
+
+    assert result([True] * 20).verdict == "FAIL"
+    assert result([False] * 11 + [True] * 9).verdict == \
+        "FAIL (11 of 20 ranked fits not converged)"

@@ -56,6 +56,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "laplace": {"adam_steps": 200},
     EXACT: {},
 }
+LOG_LIKELIHOOD = "log_likelihood"  # the ranked log p(y | θ), beside the parameters
 RHAT_MAX = 1.05  # R-hat above this marks a fit not converged (see _posterior)
 PosteriorFn = Callable[[dict, int, int], Mapping[str, Any]]  # (data, seed, L) -> site: (L, ...)
 
@@ -163,6 +164,23 @@ def _exact_draws(spec: ModelSpec, data: Mapping, seed: int, num_draws: int) -> d
     return {k: d.sample((num_draws,)).cpu().numpy() for k, d in marginals.items()}
 
 
+def log_likelihoods(spec: ModelSpec, data: Mapping[str, Any], observed: Sequence[str],
+                    theta: Mapping[str, Any], draws: Mapping[str, Any]) -> np.ndarray:
+    """log p(y | θ) summed over observations, at the truth θ (first) and at each of the L
+    draws: (L + 1,). Latent sites the draws lack (assignments summed out) are summed out of
+    the truth's likelihood too."""
+    from .fit import default_dtype
+
+    with default_dtype(torch.float64):
+        points = {k: torch.cat([torch.as_tensor(v, dtype=torch.float64)[None],
+                                torch.as_tensor(np.asarray(draws[k]), dtype=torch.float64)])
+                  for k, v in theta.items() if k in draws}
+        ll = tracing.evaluate(spec.fn, points, data, sites=list(observed), log_prob=True,
+                              vectorize=spec.vectorizable)
+    total = sum(v.reshape(v.shape[0], -1).sum(-1) for v in ll.values())
+    return total.detach().cpu().numpy()
+
+
 def simulate(spec: ModelSpec, data: Mapping[str, Any], num_simulations: int, seed: int):
     """(covariates, site -> data key of each observation, prior draws site -> (N, ...)): the
     model run forward N times on the data's covariates, in float64."""
@@ -183,13 +201,19 @@ def simulate(spec: ModelSpec, data: Mapping[str, Any], num_simulations: int, see
 def sbc(model: str | ModelSpec, method: str | PosteriorFn, num_simulations: int = NUM_SIMULATIONS,
         seed: int = 0, dataset: str | None = None, dataset_args: Mapping | None = None,
         num_draws: int = NUM_DRAWS, args: Mapping | None = None, alpha: float = ALPHA,
-        deterministic: bool = False, fit_timeout: float = FIT_TIMEOUT, max_cpu: float = 0.0,
-        progress: Callable[[int], None] | None = None, **settings) -> SBCResult:
+        deterministic: bool = False, parameters: bool = True, fit_timeout: float = FIT_TIMEOUT,
+        max_cpu: float = 0.0, progress: Callable[[int], None] | None = None,
+        **settings) -> SBCResult:
     """Simulation-based calibration of ``model`` with ``method``: a zoo method name, "exact",
     or a function ``(data, seed, L) -> {site: (L, *shape) draws}`` (e.g. a deliberately wrong
     posterior, to see the test fail). Data sets: the model's default (or ``dataset``) with
     ``dataset_args`` supplies the covariates; ``args`` are model hyperparameters.
-    ``deterministic`` ranks ``pyro.deterministic`` sites too. A fit over ``fit_timeout``
+    ``deterministic`` ranks ``pyro.deterministic`` sites too. Besides the parameters, the
+    log-likelihood of the simulated data is ranked (``log_likelihood``: log p(y_s | θ) at the
+    truth among its values at the L draws; Modrák et al. 2023): it is sensitive to errors the
+    marginal ranks miss and invariant under relabelling, so ``parameters=False`` ranks it alone,
+    for models whose parameters are not identified (a network's weights under permutations and
+    sign flips of its hidden units, which no chain crosses). A fit over ``fit_timeout``
     CPU-s fails; once more than 10% of N have failed the verdict cannot change, and the
     remaining simulations are skipped (status "skipped"); once the whole run has used
     ``max_cpu`` CPU-s (0: no limit) the rest are skipped too (status "budget") and the tests use
@@ -220,8 +244,9 @@ def sbc(model: str | ModelSpec, method: str | PosteriorFn, num_simulations: int 
     covariates, observed, prior, ref = simulate(
         spec, {**load_dataset(dataset, **dataset_args), **args}, num_simulations, seed)
     notes: list[str] = []
-    sites = [n for n in tracing.latent_sites(ref) if n not in observed]  # y is sampled in ref
-    sites += tracing.deterministic_sites(ref) if deterministic else []
+    latent = [n for n in tracing.latent_sites(ref) if n not in observed]  # y is sampled in ref
+    sites = (latent if parameters else []) + (
+        tracing.deterministic_sites(ref) if deterministic else [])
     truth: dict[str, np.ndarray] = {}
     for site in sites:
         truth.update(_flatten(site, prior[site].cpu().numpy(), 1))
@@ -229,8 +254,11 @@ def sbc(model: str | ModelSpec, method: str | PosteriorFn, num_simulations: int 
     if fixed:
         notes.append(f"not ranked (the same in every prior draw): {', '.join(fixed)}")
         truth = {k: v for k, v in truth.items() if k not in fixed}
+    if not parameters:
+        notes.append("parameters not ranked (not identified): only the log-likelihood")
+    labels = list(truth) + [LOG_LIKELIHOOD]
     rng = np.random.default_rng([seed, 1])
-    ranks = np.full((num_simulations, len(truth)), np.nan)
+    ranks = np.full((num_simulations, len(labels)), np.nan)
     rows = []
     for s in range(num_simulations):
         fit_seed = int(np.random.SeedSequence([seed, s]).generate_state(1)[0] % 2**31)
@@ -257,6 +285,9 @@ def sbc(model: str | ModelSpec, method: str | PosteriorFn, num_simulations: int 
             for j, (label, value) in enumerate(truth.items()):
                 if label in got:
                     ranks[s, j] = rank(np.asarray(value[s])[None], got[label][:, None], rng)[0]
+            ll = log_likelihoods(spec, data, list(observed), {k: prior[k][s] for k in latent},
+                                 draws)
+            ranks[s, -1] = rank(ll[:1], ll[1:, None], rng)[0]
         except (KeyboardInterrupt, SystemExit):
             raise
         except (Exception, FitTimeout) as e:  # counted and reported, never silently dropped
@@ -269,7 +300,7 @@ def sbc(model: str | ModelSpec, method: str | PosteriorFn, num_simulations: int 
         rows.append(row)
         if progress:
             progress(s)
-    table = pd.DataFrame(ranks, columns=list(truth))
+    table = pd.DataFrame(ranks, columns=labels)
     missing = [c for c in table.columns if table[c].isna().all()]
     if missing and any(r["status"] == "ok" for r in rows):  # e.g. a site the method omits
         notes.append(f"not ranked (absent from every posterior): {', '.join(missing)}")

@@ -224,7 +224,8 @@ def write_folder(result: SBCResult, folder: Path, command: str) -> None:
 
 # -- CLI ------------------------------------------------------------------------------------
 # --set keys that are sbc()'s own arguments, not method settings
-SPECIAL = ("num_draws", "alpha", "deterministic", "dataset", "fit_timeout", "max_cpu")
+SPECIAL = ("num_draws", "alpha", "deterministic", "parameters", "dataset", "fit_timeout",
+           "max_cpu")
 
 
 def parse_sets(texts: Sequence[str]) -> tuple[dict, dict]:
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="writes OUT/sbc/<model>-<method>/ (default results/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a method setting (num_warmup=300), num_draws=L, alpha=, dataset=NAME, "
+                        "parameters=false (rank only the log-likelihood), "
                         "dataset_args.KEY=V or args.KEY=V (model hyperparameters); repeatable")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -293,8 +295,8 @@ def main(argv: Sequence[str]) -> int:
 METHODS = ("chees", "nuts", "svi", "laplace", "exact")
 SBC_KEYS = ("models", "methods", "num_simulations", "num_draws", "alpha", "fit_timeout", "max_cpu",
             "folder", "model")
-MODEL_KEYS = ("dataset", "dataset_args", "args", "methods", "num_simulations", "fit_timeout",
-              "max_cpu")
+MODEL_KEYS = ("dataset", "dataset_args", "args", "methods", "parameters", "num_simulations",
+              "fit_timeout", "max_cpu")
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,7 @@ class SBCCell:
     dataset: str | None
     dataset_args: tuple
     args: tuple
+    parameters: bool
     settings: tuple
     key: str
     store: str
@@ -335,7 +338,8 @@ def run_cell(cell: SBCCell) -> dict:
     """One model × method's SBC, stored atomically in the cell's folder."""
     result = sbc(cell.model, cell.method, cell.num_simulations, cell.seed, cell.dataset,
                  dict(cell.dataset_args), cell.num_draws, dict(cell.args), cell.alpha,
-                 fit_timeout=cell.fit_timeout, max_cpu=cell.max_cpu, **dict(cell.settings))
+                 parameters=cell.parameters, fit_timeout=cell.fit_timeout, max_cpu=cell.max_cpu,
+                 **dict(cell.settings))
     with atomic_directory(cell.path) as tmp:
         save(result, tmp)
     return {"key": cell.key, "verdict": result.verdict}
@@ -389,6 +393,12 @@ def _check_values(label: str, where: str, values: Mapping[str, Any]) -> None:
             raise ZooError(f"{label}: {where}.{key}: got {value!r}; want " + (
                 "an integer >= 2" if integer else "a number in (0, 1)" if key == "alpha"
                 else "CPU seconds >= 0 (0: no limit)"))
+
+
+def _flag(label: str, where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ZooError(f"{label}: {where}: got {value!r}; want true or false")
+    return value
 
 
 def _cell(store: str, **fields: Any) -> SBCCell:
@@ -466,6 +476,8 @@ def make_cells(path: Path, raw: Mapping, smoke: bool, seed: int, store: Path) ->
                 seed=seed, dataset=entry.get("dataset"),
                 dataset_args=tuple(sorted(entry.get("dataset_args", {}).items())),
                 args=tuple(sorted(entry.get("args", {}).items())),
+                parameters=_flag(label, f"sbc.model.{name}.parameters",
+                                 entry.get("parameters", True)),
                 settings=tuple(sorted(settings.items()))))
     return cells, {**common, **{m: table[m] for m in METHODS if m in table}}
 

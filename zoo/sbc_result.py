@@ -224,9 +224,18 @@ class SBCResult:
             if (status == "timeout").sum() * 2 > failed:
                 return f"inconclusive ({failed} of {n} fits failed, most over the CPU limit{stop})"
             return f"{label} ({failed} of {n} fits failed{stop})"
-        if attempted - failed < MIN_RANKS:
-            return f"inconclusive ({attempted - failed} fits ranked{budget})"
-        return ("pass" if self.calibrated else label) + budget
+        ranked = attempted - failed
+        if ranked < MIN_RANKS:
+            return f"inconclusive ({ranked} fits ranked{budget})"
+        if self.calibrated:
+            return "pass" + budget
+        # An exact method whose fits mostly failed their convergence checks has said why its
+        # ranks are off: its settings (warmup, tree depth) are too short for this model.
+        unconverged = self.num_not_converged
+        if not self.approximate and 2 * unconverged > ranked:
+            return (f"{label} ({unconverged} of {ranked} ranked fits not converged"
+                    + (f"; {budget.strip(' ()')})" if budget else ")"))
+        return label + budget
 
     @property
     def min_adjusted_p(self) -> float:
