@@ -103,6 +103,11 @@ def test_the_log_likelihood_is_ranked_and_alone_catches_a_wrong_width():
         if scale != 1.0:
             z = result.tests.iloc[0]["mean_z"]
             assert (z < 0) if scale < 1 else (z > 0), (scale, result.tests)
+    # "exact" draws each marginal on its own (NIG: beta independent of sigma2), so the joint
+    # quantity is ranked but not tested for it (polynomial_d3's fails at p ~ 1e-39 if it is).
+    exact = sbc("polynomial_d3", "exact", num_simulations=30, seed=0)
+    assert "log_likelihood" in exact.ranks and "log_likelihood" not in set(exact.tests["param"])
+    assert exact.level == exact.alpha / (4 * (exact.ranks.shape[1] - 1))
 
 
 def test_a_failed_fit_is_counted_not_dropped():

@@ -36,6 +36,10 @@ ALPHA = 0.01  # family-wise level per model x method
 TESTS = ("chi2", "ecdf", "mean", "dispersion")
 MIN_RANKS = 10  # fewer ranked fits than this: no verdict
 MAX_FAILED = 0.1  # more failed fits than this fraction of N fail the verdict whatever the ranks
+LOG_LIKELIHOOD = "log_likelihood"  # zoo.sbc's joint test quantity, log p(y | θ)
+# "exact" draws each site's closed-form marginal on its own: right marginals, not the joint
+# (NIG's beta and sigma2 come out independent), so a joint quantity does not test it.
+MARGINALS_ONLY = ("exact",)
 
 
 # -- uniformity tests -----------------------------------------------------------------------
@@ -186,14 +190,20 @@ class SBCResult:
     @property
     def level(self) -> float:
         """Each test's level: alpha / (4 tests × P parameters), Bonferroni."""
-        return self.alpha / (len(TESTS) * max(1, self.ranks.shape[1]))
+        return self.alpha / (len(TESTS) * max(1, len(self.tested)))
+
+    @property
+    def tested(self) -> list[str]:
+        """The ranked quantities the tests use (all but the joint one for marginal draws)."""
+        return [c for c in self.ranks.columns
+                if not (c == LOG_LIKELIHOOD and self.method in MARGINALS_ONLY)]
 
     @functools.cached_property
     def tests(self) -> pd.DataFrame:
         """Per parameter: the four p-values, the z of the rank mean and dispersion, what the
         ranks say ("ok", "too narrow", "biased low", ...) and whether any test rejects."""
         rows = []
-        for param in self.ranks.columns:
+        for param in self.tested:
             t = uniformity(self.ranks[param].to_numpy(), self.num_draws)
             reject = any(t[f"{k}_p"] <= self.level for k in TESTS)
             t["min_p"] = min(t[f"{k}_p"] for k in TESTS)
@@ -241,7 +251,7 @@ class SBCResult:
     def min_adjusted_p(self) -> float:
         """The smallest p-value over tests and parameters, Bonferroni-adjusted (× 4P)."""
         p = float(self.tests["min_p"].min()) if len(self.tests) else float("nan")
-        return min(1.0, p * len(TESTS) * max(1, self.ranks.shape[1]))
+        return min(1.0, p * len(TESTS) * max(1, len(self.tested)))
 
 
 def _reading(t: Mapping[str, float], level: float) -> str:
