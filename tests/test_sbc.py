@@ -15,7 +15,8 @@ import zoo
 from zoo import run
 from zoo.sbc import DEFAULTS, FitTimeout, sbc
 from zoo.sbc_result import _eval_points, ecdf_band, ecdf_pvalue
-from zoo.sbc_report import RUN_KEYS, load
+from zoo.sbc_catalogue import RUN_KEYS
+from zoo.sbc_report import load
 
 
 def scaled_exact(scale: float, shift: float = 0.0):
@@ -268,7 +269,7 @@ def test_mean_field_svi_is_flagged_as_an_approximate_method():
 def test_an_exact_methods_fail_stands_only_if_fresh_simulations_fail_too():
     from types import SimpleNamespace as R
 
-    from zoo.sbc_report import final_verdicts
+    from zoo.sbc_catalogue import final_verdicts
 
     rows = [("a-nuts", R(seed=0, verdict="FAIL")), ("a-nuts-seed1", R(seed=1, verdict="FAIL")),
             ("b-exact", R(seed=0, verdict="FAIL")), ("b-exact-seed1", R(seed=1, verdict="pass")),

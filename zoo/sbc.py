@@ -19,7 +19,8 @@ failed a convergence check keeps its ranks (dropping them would bias SBC) and is
 converged. Over 10% failed fits settle the verdict (the rest are skipped); ``max_cpu`` caps a
 whole run, after which the tests use the ranks so far and the verdict says so.
 
-The CLI and the ``[sbc]`` recipe table live in ``zoo.sbc_report`` (reports and figures).
+The CLI and the reports live in ``zoo.sbc_report``; the ``[sbc]`` recipe table in
+``zoo.sbc_catalogue``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import resource
 import signal
 import threading
 import time
+import types
 import warnings
 from typing import Any, Callable, Mapping, Sequence
 
@@ -77,18 +79,22 @@ class FitTimeout(BaseException):
 @contextlib.contextmanager
 def cpu_limit(seconds: float):
     """Raise FitTimeout once this process has used ``seconds`` more CPU (SIGPROF counts CPU,
-    not wall time, so a busy machine does not time fits out). Main thread only; else no limit."""
+    not wall time, so a busy machine does not time fits out). Main thread only; else no limit.
+    Yields a record whose ``expired`` says whether the limit was hit, whatever exception the
+    fit then raised (TorchScript turns an exception from a signal handler into a RuntimeError)."""
+    clock = types.SimpleNamespace(expired=False)
     if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
+        yield clock
         return
 
     def expire(signum, frame):
+        clock.expired = True
         raise FitTimeout(f"over the limit of {seconds:g} CPU-s per fit")
 
     old = signal.signal(signal.SIGPROF, expire)
     signal.setitimer(signal.ITIMER_PROF, seconds)
     try:
-        yield
+        yield clock
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0)
         signal.signal(signal.SIGPROF, old)
@@ -274,7 +280,7 @@ def sbc(model: str | ModelSpec, method: str | PosteriorFn, num_simulations: int 
             rows.append({**row, "time_s": 0.0, "cpu_s": 0.0})
             continue
         try:
-            with warnings.catch_warnings(), cpu_limit(fit_timeout):
+            with warnings.catch_warnings(), cpu_limit(fit_timeout) as clock:
                 warnings.simplefilter("ignore")  # recorded in the row instead
                 draws = _posterior(spec, name, method if custom else None, data, fit_seed,
                                    num_draws, config, row)
@@ -292,9 +298,8 @@ def sbc(model: str | ModelSpec, method: str | PosteriorFn, num_simulations: int 
             raise
         except (Exception, FitTimeout) as e:  # counted and reported, never silently dropped
             # SIGPROF inside TorchScript (JIT-traced potentials) comes out as a RuntimeError,
-            # so a fit that failed with its CPU limit spent is a timeout whatever was raised.
-            over = fit_timeout and _cpu() - cpu0 >= fit_timeout
-            row["status"] = "timeout" if isinstance(e, FitTimeout) or over else "error"
+            # so a fit that failed once its CPU limit expired is a timeout whatever was raised.
+            row["status"] = "timeout" if clock.expired else "error"
             row["error"] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
         row["time_s"], row["cpu_s"] = time.perf_counter() - t0, _cpu() - cpu0
         rows.append(row)

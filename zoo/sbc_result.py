@@ -18,7 +18,7 @@ Multiple testing: 4 tests × P parameters, Bonferroni, so a calibrated method is
 miscalibrated with probability <= alpha (default 0.01) per model × method.
 
 Nothing here changes a rank, so this module is left out of the SBC cells' code hash
-(``zoo.sbc_report.NOT_IN_RANKS``): a fix to a test or a verdict does not rerun the fits.
+(``zoo.sbc_catalogue.NOT_IN_RANKS``): a fix to a test or a verdict does not rerun the fits.
 """
 
 from __future__ import annotations
