@@ -42,7 +42,7 @@ import torch
 from . import tracing
 from .errors import ZooError
 from .registry import ModelSpec, get_model, load_dataset
-from .sbc_result import ALPHA, APPROXIMATE, MAX_FAILED, SBCResult
+from .sbc_result import ALPHA, APPROXIMATE, LOG_LIKELIHOOD, MAX_FAILED, SBCResult
 
 EXACT = "exact"  # draws from spec.exact_posterior: checks the closed forms and the machinery
 NUM_SIMULATIONS, NUM_DRAWS = 100, 32
@@ -58,7 +58,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "laplace": {"adam_steps": 200},
     EXACT: {},
 }
-LOG_LIKELIHOOD = "log_likelihood"  # the ranked log p(y | θ), beside the parameters
 RHAT_MAX = 1.05  # R-hat above this marks a fit not converged (see _posterior)
 PosteriorFn = Callable[[dict, int, int], Mapping[str, Any]]  # (data, seed, L) -> site: (L, ...)
 
