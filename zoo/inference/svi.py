@@ -44,7 +44,7 @@ from ..errors import ConvergenceWarning, ZooError
 from ..registry import ModelSpec
 from ..tracing import enumerated_sites, guide_draws, latent_sites, max_plate_nesting, structure
 from .base import RunOutput
-from .base import freezes_a_value as _freezes_a_value
+from .base import freezes_a_value
 from .settings import SVISettings
 
 
@@ -200,7 +200,7 @@ def _check_jit(jit: ELBO, plain: ELBO, model: Callable, guide: Callable, model_d
         except Exception as e:  # anything the tracer trips on means the plain path
             raise _JitRefused(f"tracing failed: {_one_line(e)}") from e
     for w in caught:
-        if _freezes_a_value(w):
+        if freezes_a_value(w):
             where = f"{os.path.basename(w.filename)}:{w.lineno}"
             raise _JitRefused(f"the model's code at {where} turns a tensor into a Python value, "
                               f"which a trace freezes ({str(w.message).split('.')[0]})")
