@@ -237,6 +237,29 @@ def test_recipe_validates_every_model_and_matches_the_cli_defaults(capsys):
         assert settings == DEFAULTS[method], method
 
 
+def test_recipe_layers_run_keys_and_settings_from_general_to_specific(tmp_path):
+    # [sbc] < [sbc.METHOD] < [sbc.model.NAME] < [sbc.model.NAME.METHOD]: the catalogue gives
+    # one model × method its own budget, timeout and sampler settings (radon_uranium's NUTS)
+    from zoo.sbc_catalogue import make_cells
+
+    raw = {"recipe": {"name": "layers"},
+           "sbc": {"models": ["normal_normal", "beta_binomial"], "methods": ["nuts", "svi"],
+                   "max_cpu": 10.0, "fit_timeout": 5.0,
+                   "nuts": {"max_cpu": 20.0, "num_warmup": 50},
+                   "model": {"normal_normal": {"max_cpu": 30.0,
+                                               "nuts": {"fit_timeout": 60.0,
+                                                        "dense_mass": True}}}}}
+    cells, _ = make_cells(tmp_path / "layers.toml", raw, False, 0, tmp_path)
+    got = {(c.model, c.method): (c.max_cpu, c.fit_timeout, dict(c.settings)) for c in cells}
+    assert got[("beta_binomial", "svi")][:2] == (10.0, 5.0)
+    assert got[("beta_binomial", "nuts")][:2] == (20.0, 5.0)
+    assert got[("normal_normal", "svi")][:2] == (30.0, 5.0)
+    max_cpu, fit_timeout, settings = got[("normal_normal", "nuts")]
+    assert (max_cpu, fit_timeout) == (30.0, 60.0)
+    assert settings["dense_mass"] is True and settings["num_warmup"] == 50
+    assert "dense_mass" not in got[("beta_binomial", "nuts")][2]
+
+
 def test_bad_recipe_input_is_a_one_line_error(tmp_path, capsys):
     bad = tmp_path / "bad_sbc.toml"
     head = '[recipe]\nname = "bad_sbc"\n[sbc]\n'
