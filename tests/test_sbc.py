@@ -146,6 +146,30 @@ def test_a_fit_over_the_cpu_limit_fails_as_a_timeout():
     assert list(result.simulations["status"]) == ["timeout"] + ["skipped"] * 4
 
 
+def test_a_fit_interrupted_inside_a_plate_leaves_no_plate_behind():
+    # FitTimeout comes from a signal handler, so it can land after a plate has pushed itself
+    # on Pyro's global stack but before its `with` block owns it: nothing pops it, and every
+    # later fit failed with 'at plates "innovations" and "time", collide at dim=-1' (local_level
+    # NUTS in the catalogue). Here the first fit leaves a plate entered, as that race does.
+    import pyro
+    from pyro.poutine.runtime import _DIM_ALLOCATOR, _PYRO_STACK
+
+    calls = []
+
+    def interrupted_then_plated(data, seed, num_draws):
+        calls.append(seed)
+        if len(calls) == 1:
+            pyro.plate("innovations", 3, dim=-1).__enter__()
+            raise FitTimeout("over the limit")
+        with pyro.plate("time", 2, dim=-1):  # collides with a stale plate at dim -1
+            pass
+        return scaled_exact(1.0)(data, seed, num_draws)
+
+    result = sbc("normal_normal", interrupted_then_plated, num_simulations=20, seed=0)
+    assert list(result.simulations["status"]) == ["error"] + ["ok"] * 19, result.simulations
+    assert not _PYRO_STACK and not any(_DIM_ALLOCATOR._stack)
+
+
 def test_the_cpu_budget_stops_a_run_and_the_verdict_says_so():
     exact = scaled_exact(1.0)
 

@@ -99,6 +99,22 @@ def cpu_limit(seconds: float):
         signal.signal(signal.SIGPROF, old)
 
 
+@contextlib.contextmanager
+def pyro_stacks_restored():
+    """Put Pyro's global handler and plate-dimension stacks back as they were, however the
+    block ends. FitTimeout is raised from a signal handler, so it can land after a plate has
+    pushed itself but before its ``with`` block owns it: nothing pops that plate, and every
+    later fit in the process fails with 'at plates ... collide at dim=-1'."""
+    from pyro.poutine.runtime import _DIM_ALLOCATOR, _PYRO_STACK  # no public reset exists
+
+    handlers, dims = list(_PYRO_STACK), list(_DIM_ALLOCATOR._stack)
+    try:
+        yield
+    finally:
+        _PYRO_STACK[:] = handlers
+        _DIM_ALLOCATOR._stack[:] = dims
+
+
 def _cpu() -> float:
     """CPU seconds of this process, all threads (time.process_time costs ~0.1 ms in a VM)."""
     use = resource.getrusage(resource.RUSAGE_SELF)
@@ -279,7 +295,8 @@ def sbc(model: str | ModelSpec, method: str | PosteriorFn, num_simulations: int 
             rows.append({**row, "time_s": 0.0, "cpu_s": 0.0})
             continue
         try:
-            with warnings.catch_warnings(), cpu_limit(fit_timeout) as clock:
+            with warnings.catch_warnings(), pyro_stacks_restored(), \
+                    cpu_limit(fit_timeout) as clock:
                 warnings.simplefilter("ignore")  # recorded in the row instead
                 draws = _posterior(spec, name, method if custom else None, data, fit_seed,
                                    num_draws, config, row)
