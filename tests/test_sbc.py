@@ -244,8 +244,15 @@ def test_recipe_smoke_runs_cells_and_writes_the_summary(tmp_path, capsys):
         assert f"[normal_normal-{method}](normal_normal-{method}/report.md)" in text, method
         assert (folder / f"normal_normal-{method}" / "ranks.csv").is_file()
     assert len(list((tmp_path / ".cells" / "sbc_catalogue-smoke").glob("*/result.json"))) == 5
+    # a seed-1 folder an earlier run wrote for a FAIL that now passes is stale and goes; a
+    # folder of the sbc command stays
+    for name, command in (("normal_normal-nuts-seed1", "sbc_catalogue --smoke"),
+                          ("mine", "sbc --model normal_normal --method nuts")):
+        (folder / name).mkdir()
+        (folder / name / "report.md").write_text(f"Written by `python -m zoo.run {command}`.")
     assert run.main(args) == 0
     assert "0 run now" in capsys.readouterr().err  # resumed: every cell stored
+    assert not (folder / "normal_normal-nuts-seed1").exists() and (folder / "mine").is_dir()
 
 
 def test_recipe_validates_every_model_and_matches_the_cli_defaults(capsys):

@@ -292,6 +292,15 @@ def main(argv: Sequence[str]) -> int:
 
 
 # -- the catalogue recipe (cells and report: zoo.sbc_catalogue) ---------------------------
+def _written_by_a_recipe(folder: Path) -> bool:
+    """A cell folder an earlier recipe run wrote (e.g. the seed-1 rerun of a FAIL that now
+    passes): stale once this run does not make it. `python -m zoo.run sbc` folders are kept."""
+    report = folder / "report.md"
+    text = report.read_text() if report.is_file() else ""
+    written_by = "Written by `python -m zoo.run "
+    return written_by in text and written_by + "sbc " not in text
+
+
 def run_recipe(path: Path, raw: Mapping, args: argparse.Namespace, command: str) -> int:
     """The CLI for a recipe with an [sbc] table; ZooError propagates (exit 2)."""
     from .executors import ExecutorOptions, validate
@@ -343,9 +352,10 @@ def run_recipe(path: Path, raw: Mapping, args: argparse.Namespace, command: str)
     folder = str(raw["sbc"].get("folder", "sbc")) + ("-smoke" if args.smoke else "")
     dest = Path(args.out) / folder
     with atomic_directory(dest) as tmp:
-        if dest.is_dir():  # keep folders this run does not make (e.g. from the sbc command)
+        if dest.is_dir():  # keep folders of the sbc command; a recipe's own old ones go
             for old in dest.iterdir():
-                if old.is_dir() and old.name not in {f for f, _ in results}:
+                if (old.is_dir() and old.name not in {f for f, _ in results}
+                        and not _written_by_a_recipe(old)):
                     shutil.copytree(old, tmp / old.name)
         for folder, result in results:
             (tmp / folder).mkdir()
