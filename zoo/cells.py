@@ -54,8 +54,25 @@ def code_version(parts: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> 
     return _CODE_VERSION
 
 
+class StoredCell:
+    """A unit of work stored in its own folder, ``store/key`` (key: a hash of its settings and
+    code); done once the folder holds ``marker``. Subclasses are frozen dataclasses."""
+
+    key: str
+    store: str
+    marker = "result.json"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.store) / self.key
+
+    @property
+    def done(self) -> bool:
+        return (self.path / self.marker).is_file()
+
+
 @dataclass(frozen=True)
-class Cell:
+class Cell(StoredCell):
     """Everything a worker needs to run one fit and store it."""
 
     recipe: str  # the recipe file
@@ -69,10 +86,6 @@ class Cell:
     device: str
     key: str
     store: str  # the folder that holds every cell of this recipe
-
-    @property
-    def path(self) -> Path:
-        return Path(self.store) / self.key
 
     @property
     def name(self) -> str:

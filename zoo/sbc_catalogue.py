@@ -10,6 +10,7 @@ An exact method's FAIL is run again on fresh simulations and stands only if that
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from .cells import StoredCell, code_version
 from .errors import ZooError, did_you_mean
 from .report import _fmt, atomic_directory, md_table
 from .sbc import FIT_TIMEOUT, NUM_DRAWS, NUM_SIMULATIONS, sbc
@@ -33,7 +35,7 @@ MODEL_KEYS = ("dataset", "dataset_args", "args", "methods", "parameters", "num_s
 
 
 @dataclass(frozen=True)
-class SBCCell:
+class SBCCell(StoredCell):  # done once result.json is stored
     model: str
     method: str
     num_simulations: int
@@ -51,20 +53,12 @@ class SBCCell:
     store: str
 
     @property
-    def path(self) -> Path:
-        return Path(self.store) / self.key
-
-    @property
     def name(self) -> str:
         return f"{self.model} / {self.method}"
 
     @property
     def folder(self) -> str:
         return f"{self.model}-{self.method}"
-
-    @property
-    def done(self) -> bool:
-        return (self.path / "result.json").is_file()
 
 
 def run_cell(cell: SBCCell) -> dict:
@@ -136,10 +130,6 @@ def _flag(label: str, where: str, value: Any) -> bool:
 
 def _cell(store: str, **fields: Any) -> SBCCell:
     """A cell keyed by a hash of its fields and of the code its ranks depend on."""
-    import hashlib
-
-    from .cells import code_version
-
     ident = json.dumps([fields, code_version(exclude=NOT_IN_RANKS)], sort_keys=True, default=str)
     return SBCCell(**fields, key=hashlib.sha256(ident.encode()).hexdigest()[:16], store=store)
 

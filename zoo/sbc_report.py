@@ -183,8 +183,8 @@ def report_md(result: SBCResult, command: str, figures: Sequence[str]) -> str:
     lines = [
         f"# SBC: {result.model} / {result.method}", "",
         f"**Verdict: {result.verdict}** ({kind}). Smallest p-value over the {len(TESTS)} tests × "
-        f"{P} ranked quantities, Bonferroni-adjusted: {_fmt(result.min_adjusted_p)} (the verdict fails "
-        f"below alpha = {result.alpha}).", "",
+        f"{P} ranked quantities, Bonferroni-adjusted: {_fmt(result.min_adjusted_p)} (the "
+        f"verdict fails below alpha = {result.alpha}).", "",
         f"Written by `{command}`.", "",
         "## Uniformity of the ranks", "",
         f"Each test runs at level alpha / (4 × {P}) = {result.level:.3g}. `mean_z` > 0: the truth "
