@@ -90,7 +90,7 @@ def test_rerun_skips_stored_cells_unless_told(tmp_path, capsys):
     assert _ran(capsys.readouterr().err) == 4
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_killed_run_resumes_with_only_the_missing_cells(tmp_path, sig):
     cmd = [sys.executable, "-m", "zoo.run", SLOW, "--executor", "serial", "--quiet",
            "--out", str(tmp_path)]
@@ -103,7 +103,7 @@ def test_killed_run_resumes_with_only_the_missing_cells(tmp_path, sig):
     _, err = proc.communicate(timeout=60)
     done = _stored(tmp_path, "slow_grid")
     assert 2 <= done < 6, "the run finished before it could be interrupted"
-    if sig == signal.SIGINT:
+    if sig in (signal.SIGINT, signal.SIGTERM):  # `kill PID` stops the run as Ctrl-C does
         assert proc.returncode == 130 and "run the same command again" in err
     else:
         assert proc.returncode == -signal.SIGKILL
@@ -112,6 +112,40 @@ def test_killed_run_resumes_with_only_the_missing_cells(tmp_path, sig):
     assert again.returncode == 0, again.stderr
     assert _ran(again.stderr) == 6 - done
     assert (tmp_path / "slow_grid" / "report.md").is_file()
+
+
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            kids.add(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux's /proc to find workers")
+def test_sigterm_stops_the_pool_workers(tmp_path):
+    # Without the SIGTERM handler the parent dies alone and its spawned workers fit on, orphaned.
+    cmd = [sys.executable, "-m", "zoo.run", SLOW, "--executor", "local", "--workers", "2",
+           "--quiet", "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while _stored(tmp_path, "slow_grid") < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert workers, "no worker processes found"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "run the same command again" in err
+    deadline = time.time() + 10
+    while any(Path(f"/proc/{w}").exists() for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{w}").exists() for w in workers)
+    assert not (tmp_path / "slow_grid").exists()
 
 
 def test_a_failing_cell_does_not_lose_the_others(tmp_path, capsys):

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import importlib
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -316,7 +317,15 @@ def _report_errors(command) -> int:
         return _error(e)
 
 
+def _sigterm_as_ctrl_c(signum: int, frame: Any) -> None:
+    # `kill PID` (a scheduler's timeout, systemd) must stop the pool workers and write nothing
+    # half-done, exactly as Ctrl-C does; by default SIGTERM kills this process alone and leaves
+    # its workers fitting on, orphaned.
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     try:
         sys.exit(main())
     except BrokenPipeError:  # `python -m zoo.run --list | head`: the reader left, not an error
