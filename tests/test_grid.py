@@ -28,9 +28,15 @@ def _env() -> dict:
 
 
 def _stored(out: Path, name: str) -> int:
-    """Cells finished and stored (a cell folder appears only when complete)."""
+    """Cells finished and stored (a cell folder appears only when complete).
+
+    A cell is written in a hidden ``.KEY.tmp-*`` folder and then renamed; ``glob("*")`` matches
+    hidden names too, so skip them, or a cell caught between its write and its rename counts
+    although an interrupt there (rightly) discards it.
+    """
     return sum(1 for p in (out / ".cells" / name).glob("*/cell.json")
-               if json.loads(p.read_text())["status"] == "done")
+               if not p.parent.name.startswith(".")
+               and json.loads(p.read_text())["status"] == "done")
 
 
 def _ran(stderr: str) -> int:
