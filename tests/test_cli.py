@@ -204,6 +204,27 @@ def test_failed_run_leaves_nothing(tiny, tmp_path, monkeypatch, where):
     assert _leftovers(fresh) == []
 
 
+def test_a_killed_writers_temp_folder_is_removed_by_the_next_write(tmp_path):
+    # SIGKILL runs no cleanup: the writer's temp folder stays until dest is written again.
+    dest = tmp_path / "cell"
+    code = ("import os, signal, sys; from pathlib import Path; from zoo.report import atomic_directory\n"
+            "with atomic_directory(Path(sys.argv[1])) as tmp:\n"
+            "    (tmp / 'half.txt').write_text('half')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(dest)], env=_env(), capture_output=True)
+    assert proc.returncode == -9, proc.stderr
+    orphan, = tmp_path.glob(".cell.tmp-*")
+    live = tmp_path / f".cell.tmp-{report._HOST}-{os.getpid()}-abc"  # a writer still running
+    elsewhere = tmp_path / ".cell.tmp-otherhost-1-abc"  # another host's pid: unknowable here
+    other = tmp_path / f".cellar.tmp-{report._HOST}-999999999-abc"  # another dest's
+    for p in (live, elsewhere, other):
+        p.mkdir()
+    with report.atomic_directory(dest) as tmp:
+        (tmp / "whole.txt").write_text("whole")
+    assert not orphan.exists() and live.exists() and elsewhere.exists() and other.exists()
+    assert [p.name for p in dest.iterdir()] == ["whole.txt"]
+
+
 def test_other_exception_exits_1_with_traceback(tiny, tmp_path):
     code = ("import sys, zoo.inference; from zoo import run\n"
             "def boom(*a, **k): raise RuntimeError('injected failure')\n"

@@ -118,6 +118,7 @@ def test_killed_run_resumes_with_only_the_missing_cells(tmp_path, sig):
     assert again.returncode == 0, again.stderr
     assert _ran(again.stderr) == 6 - done
     assert (tmp_path / "slow_grid" / "report.md").is_file()
+    assert not list((tmp_path / ".cells" / "slow_grid").glob(".*"))  # no temp folder left
 
 
 def _children(pid: int) -> set[int]:

@@ -8,9 +8,11 @@ holds no timings and rounded numbers, so the same recipe and seed reproduce it b
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,12 +85,15 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
     """Yield a temp folder beside ``dest``; on success it replaces ``dest`` in one rename.
 
     On any exception (KeyboardInterrupt included) the temp folder is deleted and ``dest`` is
-    left as it was; a parent folder this call created is removed again if still empty.
+    left as it was; a parent folder this call created is removed again if still empty. A
+    SIGKILL leaves its temp folder behind: the next write of the same ``dest`` removes it.
     """
     dest = Path(dest)
     created = [p for p in [dest.parent, *dest.parent.parents] if not p.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    _remove_orphans(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dest) + f"{_HOST}-{os.getpid()}-",
+                                dir=dest.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result folder should not be
@@ -101,6 +106,36 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 p.rmdir()
         raise
+
+
+_HOST = socket.gethostname().replace("-", "_")  # "-" separates the name's fields
+
+
+def _tmp_prefix(dest: Path) -> str:
+    return f".{dest.name}.tmp-"
+
+
+def _remove_orphans(dest: Path) -> None:
+    """Delete temp folders of ``dest`` whose writer, a process on this host, is gone (killed
+    mid-write). Another host's folders are left alone: its pids mean nothing here."""
+    prefix = _tmp_prefix(dest)
+    for tmp in dest.parent.glob(glob.escape(prefix) + "*"):
+        host, _, rest = tmp.name[len(prefix):].partition("-")
+        pid = rest.partition("-")[0]
+        if host == _HOST and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it there: keep the folder
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _replace(tmp: Path, dest: Path) -> None:
