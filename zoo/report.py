@@ -133,8 +133,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, another user's
-        return True
+    except PermissionError:  # another user's process: alive
+        pass
     return True
 
 
