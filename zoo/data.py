@@ -17,18 +17,26 @@ from .registry import ModelSpec
 
 
 def to_tensor(key: str, value: Any, dtype: torch.dtype) -> Any:
-    """Arrays and lists become tensors of ``dtype``; Python scalars and None stay as they are
-    (they are sizes and hyperparameters, e.g. ``J=8``)."""
+    """Arrays and lists become tensors: integer ones stay int64 (index arrays such as ``a[g]``
+    need it), the rest take the fit's float ``dtype``. Python scalars and None stay as they are
+    (sizes and hyperparameters, e.g. ``J=8``). Observed values are made float by ``prepare``."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if torch.is_tensor(value):
         t = value
     else:
         try:
-            t = torch.as_tensor(np.asarray(value, dtype=float))
+            a = np.asarray(value)
+            if a.dtype.kind not in "iu":
+                a = np.asarray(value, dtype=float)
+            t = torch.as_tensor(a)
         except (TypeError, ValueError) as e:
             raise ZooError(f"data[{key!r}] is not numeric: {e}") from None
-    t = t.to(dtype)  # one float dtype for all arrays; index arrays are cast back by the model
+    if is_integer(t):
+        return t.to(torch.int64)
+    if not (t.is_floating_point() or t.dtype == torch.bool):
+        raise ZooError(f"data[{key!r}] has dtype {t.dtype}; allowed: integer, bool or float arrays")
+    t = t.to(dtype)
     if torch.isnan(t).any() or torch.isinf(t).any():
         bad = torch.nonzero(~torch.isfinite(t)).tolist()[:5]
         raise ZooError(
@@ -36,6 +44,16 @@ def to_tensor(key: str, value: Any, dtype: torch.dtype) -> Any:
             f"(first at index {bad}); remove or impute them"
         )
     return t
+
+
+def is_integer(t: Any) -> bool:
+    return torch.is_tensor(t) and not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
+
+
+def as_float(data: Mapping[str, Any], keys, dtype: torch.dtype) -> dict:
+    """``data`` with the integer arrays among ``keys`` (observed values: counts, coin flips)
+    in the float ``dtype`` that distributions' log densities expect."""
+    return {k: v.to(dtype) if k in keys and is_integer(v) else v for k, v in data.items()}
 
 
 def to_device(data: Mapping[str, Any], device: torch.device | str) -> dict:
@@ -73,7 +91,7 @@ def prepare(
             f"(it needs {', '.join(k for k in params if k in spec.data_shapes or k in spec.observed)})"
         )
     _check_shapes(spec, out)
-    return out
+    return as_float(out, spec.observed, dtype)
 
 
 def _check_shapes(spec: ModelSpec, data: dict) -> None:
