@@ -143,11 +143,11 @@ def compare(fits: Mapping[str, Any] | Sequence[Any], by: str = "evidence",
 def loo_compare(idatas: Mapping[str, Any]) -> pd.DataFrame:
     """``az.compare`` by PSIS-LOO with stacking weights; ArviZ is reached through
     zoo.diagnostics, the one module that imports it."""
-    from .diagnostics import az
+    from .diagnostics import load_arviz
 
     with warnings.catch_warnings():  # k̂ warnings are in the table's ``warning`` column
         warnings.simplefilter("ignore", UserWarning)
-        return az.compare(dict(idatas), ic="loo", method="stacking")
+        return load_arviz().compare(dict(idatas), ic="loo", method="stacking")
 
 
 # -- every requested estimator on the fits it applies to (used by zoo.run) -------------------

@@ -12,6 +12,7 @@ et al. 2024) instead: classic R-hat demands that every short chain mix on its ow
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import warnings
 from typing import TYPE_CHECKING, Iterator, Mapping
@@ -19,18 +20,25 @@ from typing import TYPE_CHECKING, Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-with warnings.catch_warnings():  # ArviZ announces its 1.0 refactor on import
-    warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az
-
-# One chain of iid draws (SVI, Laplace) is legitimate; ArviZ's shape warning would be noise.
-# ArviZ 0.23 logs through its own Logger instance (az._log), not logging.getLogger("arviz").
-getattr(az, "_log", logging.getLogger("arviz")).setLevel(logging.ERROR)
-
+from .inference.convergence import columns, ess_bulk, ess_tail, rhat
 from .registry import MCMC_METHODS
 
 if TYPE_CHECKING:
+    import arviz
+
     from .fit import Fit
+
+
+@functools.cache
+def load_arviz():
+    """ArviZ, imported on first use: it takes ~2 s, and a fit's own checks do without it."""
+    with warnings.catch_warnings():  # ArviZ announces its 1.0 refactor on import
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
+    # One chain of iid draws (SVI, Laplace) is legitimate; ArviZ's shape warning would be noise.
+    # ArviZ 0.23 logs through its own Logger instance (az._log), not logging.getLogger("arviz").
+    getattr(az, "_log", logging.getLogger("arviz")).setLevel(logging.ERROR)
+    return az
 
 RHAT_MAX = 1.01
 ESS_PER_CHAIN = 100
@@ -39,7 +47,7 @@ BFMI_MIN = 0.3
 PARETO_K_MAX = 0.7
 
 
-def to_inference_data(fit: "Fit", prior_samples: int = 500) -> az.InferenceData:
+def to_inference_data(fit: "Fit", prior_samples: int = 500) -> arviz.InferenceData:
     observed = {site: fit.data[key] for site, key in fit.observed.items() if key in fit.data}
     prior = fit.prior(prior_samples)
     sample_stats = dict(fit.sample_stats)
@@ -55,9 +63,9 @@ def to_inference_data(fit: "Fit", prior_samples: int = 500) -> az.InferenceData:
     )
 
 
-def _from_dict(**groups) -> az.InferenceData:
+def _from_dict(**groups) -> arviz.InferenceData:
     with _many_chains_ok():
-        return az.from_dict(**groups)
+        return load_arviz().from_dict(**groups)
 
 
 @contextlib.contextmanager
@@ -69,36 +77,41 @@ def _many_chains_ok() -> Iterator[None]:
         yield
 
 
-def _posterior_only(fit: "Fit") -> az.InferenceData:
+def _posterior_only(fit: "Fit") -> arviz.InferenceData:
     return _from_dict(posterior=fit.posterior)
 
 
 def summary(fit: "Fit", hdi_prob: float = 0.94, **kwargs) -> pd.DataFrame:
-    """az.summary of the posterior: mean, sd, hdi, mcse_mean, mcse_sd, ess_bulk, ess_tail, r_hat."""
+    """ArviZ's summary of the posterior: mean, sd, hdi, mcse_mean, mcse_sd, ess_bulk, ess_tail, r_hat."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # constant draws (e.g. MAP) have no ESS
-        return az.summary(_posterior_only(fit), hdi_prob=hdi_prob, **kwargs)
+        return load_arviz().summary(_posterior_only(fit), hdi_prob=hdi_prob, **kwargs)
 
 
 def _loo_check(fit: "Fit") -> dict | None:
     if all(np.ptp(v) == 0 for v in fit.posterior.values()):
         return None  # a point estimate (MAP) has no spread for PSIS to weight
-    idata = _from_dict(posterior=fit.posterior, log_likelihood=fit.log_likelihood())
+    log_likelihood = fit.log_likelihood()
+    if not log_likelihood:
+        return None  # a likelihood written as pyro.factor has no pointwise terms
+    idata = _from_dict(posterior=fit.posterior, log_likelihood=log_likelihood)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        loo = az.loo(idata, pointwise=True)
+        loo = load_arviz().loo(idata, pointwise=True)
     k = float(np.nanmax(np.asarray(loo.pareto_k))) if loo.pareto_k is not None else float("nan")
     return {"check": "max Pareto k (PSIS-LOO)", "value": k, "threshold": f"< {PARETO_K_MAX}",
             "passed": bool(k < PARETO_K_MAX), "kind": "loo"}
 
 
-def checks(fit: "Fit") -> pd.DataFrame:
+def checks(fit: "Fit", loo: bool = True) -> pd.DataFrame:
     """Pass/fail checks. ``kind`` is "convergence" (the fit can be trusted as a posterior
     sample), "loo" (PSIS-LOO is reliable) or "info" (reported, decides nothing);
-    ``Fit.converged`` uses the first."""
+    ``Fit.converged`` uses the first. ``loo=False`` leaves out PSIS-LOO (it needs the pointwise
+    log-likelihood at every draw), as ``zoo.fit`` does for the warnings it attaches."""
     rows = []
-    if "checks" in fit._cache:
-        return fit._cache["checks"]
+    key = "checks" if loo else "convergence_checks"
+    if key in fit._cache:
+        return fit._cache[key]
     if fit.method in MCMC_METHODS:
         rows += _mcmc_checks(fit)
     elif fit.method == "svi":
@@ -115,32 +128,35 @@ def checks(fit: "Fit") -> pd.DataFrame:
         ]
     for r in rows:
         r.setdefault("kind", "convergence")
-    loo = _loo_check(fit)
-    if loo is not None:
-        rows.append(loo)
+    loo_row = _loo_check(fit) if loo else None
+    if loo_row is not None:
+        rows.append(loo_row)
     table = pd.DataFrame(rows, columns=["check", "value", "threshold", "passed", "kind"])
-    fit._cache["checks"] = table
+    fit._cache[key] = table
     return table
 
 
 def _mcmc_checks(fit: "Fit") -> list[dict]:
-    s = summary(fit, round_to="none")
+    # ArviZ's estimators, vectorised over every scalar coordinate (zoo.inference.convergence)
+    x = np.concatenate([columns(np.asarray(fit.posterior[n], dtype=float))
+                        for n in fit.latent_names], axis=-1)
+    r_hat, bulk, tail = (_nanmax(rhat(x)), _nanmin(ess_bulk(x)), _nanmin(ess_tail(x)))
     n_min = ESS_PER_CHAIN * min(fit.num_chains, ESS_CHAINS_MAX)
     superchains = fit.info.get("num_superchains", 1)
-    rhat = {"check": "max R-hat", "value": float(s["r_hat"].max()), "threshold": f"< {RHAT_MAX}",
-            "passed": bool(s["r_hat"].max() < RHAT_MAX)}
+    rhat_row = {"check": "max R-hat", "value": r_hat, "threshold": f"< {RHAT_MAX}",
+                "passed": bool(r_hat < RHAT_MAX)}
     rows = []
     if 1 < superchains < fit.num_chains:
         nested = max(nested_rhat(v, superchains) for _, v in _all_elements(fit))
         rows.append({"check": "max nested R-hat", "value": nested, "threshold": f"< {RHAT_MAX}",
                      "passed": bool(nested < RHAT_MAX)})
-        rhat["kind"] = "info"  # reported; nested R-hat decides for many short chains
+        rhat_row["kind"] = "info"  # reported; nested R-hat decides for many short chains
     rows += [
-        rhat,
-        {"check": "min bulk ESS", "value": float(s["ess_bulk"].min()), "threshold": f">= {n_min}",
-         "passed": bool(s["ess_bulk"].min() >= n_min)},
-        {"check": "min tail ESS", "value": float(s["ess_tail"].min()), "threshold": f">= {n_min}",
-         "passed": bool(s["ess_tail"].min() >= n_min)},
+        rhat_row,
+        {"check": "min bulk ESS", "value": bulk, "threshold": f">= {n_min}",
+         "passed": bool(bulk >= n_min)},
+        {"check": "min tail ESS", "value": tail, "threshold": f">= {n_min}",
+         "passed": bool(tail >= n_min)},
         {"check": "divergences", "value": int(fit.sample_stats["diverging"].sum()),
          "threshold": "= 0", "passed": not fit.sample_stats["diverging"].any()},
     ]
@@ -161,9 +177,18 @@ def _mcmc_checks(fit: "Fit") -> list[dict]:
     return rows
 
 
+def _nanmax(v: np.ndarray) -> float:
+    """As pandas' max over a summary column: NaN entries skipped, NaN if all are."""
+    return float(np.nanmax(v)) if np.isfinite(v).any() else float("nan")
+
+
+def _nanmin(v: np.ndarray) -> float:
+    return float(np.nanmin(v)) if np.isfinite(v).any() else float("nan")
+
+
 def _min_bfmi(energy: np.ndarray) -> float:
     with _many_chains_ok():
-        return float(np.min(az.bfmi(energy)))
+        return float(np.min(load_arviz().bfmi(energy)))
 
 
 def nested_rhat(values: np.ndarray, num_superchains: int) -> float:
@@ -197,8 +222,9 @@ def _all_elements(fit: "Fit"):
 
 
 def failed_checks(fit: "Fit") -> list[str]:
-    """One line per failed check, for ``Fit.warnings``."""
-    t = checks(fit)
+    """One line per failed convergence check, for ``Fit.warnings`` (PSIS-LOO's Pareto k̂ is
+    reported by ``checks`` when asked: it needs the pointwise log-likelihood at every draw)."""
+    t = checks(fit, loo=False)
     return [f"check failed: {r.check} = {r.value:.4g} (want {r.threshold})"
             for r in t.itertuples() if not r.passed and r.kind != "info"]
 
@@ -216,7 +242,7 @@ def _mcse_mean(values: np.ndarray) -> float:
     if values.ndim != 2:
         return float("nan")
     with _many_chains_ok():
-        return float(az.mcse(values, method="mean"))
+        return float(load_arviz().mcse(values, method="mean"))
 
 
 def compare_exact(fit: "Fit") -> pd.DataFrame | None:
@@ -262,7 +288,7 @@ def compare_reference(fit: "Fit", reference: Mapping[str, np.ndarray]) -> pd.Dat
 def ess(values: np.ndarray) -> float:
     """Bulk ESS of a (chain, draw) array (ArviZ's rank-normalised multi-chain estimate)."""
     with _many_chains_ok():
-        return float(az.ess(np.asarray(values, dtype=float)))
+        return float(load_arviz().ess(np.asarray(values, dtype=float)))
 
 
 def max_rhat(values: np.ndarray) -> float:
@@ -271,12 +297,12 @@ def max_rhat(values: np.ndarray) -> float:
     if values.shape[0] < 2:
         return float("nan")
     with _many_chains_ok():
-        return float(max(az.rhat(values[..., i]) for i in range(values.shape[-1])))
+        return float(max(load_arviz().rhat(values[..., i]) for i in range(values.shape[-1])))
 
 
 def pareto_k(log_weights: np.ndarray) -> float:
     """PSIS Pareto k̂ of importance log-weights (Vehtari et al. 2024)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _, k = az.psislw(np.asarray(log_weights, dtype=float))
+        _, k = load_arviz().psislw(np.asarray(log_weights, dtype=float))
     return float(k)

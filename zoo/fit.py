@@ -181,7 +181,9 @@ class Fit:
     @property
     def converged(self) -> bool:
         """All convergence checks passed (PSIS-LOO's k̂ is model criticism, not convergence)."""
-        table = self.checks()
+        from . import diagnostics
+
+        table = diagnostics.checks(self, loo=False)
         return bool(table.loc[table["kind"] == "convergence", "passed"].all())
 
     def __repr__(self) -> str:
