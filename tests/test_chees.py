@@ -12,7 +12,8 @@ import torch
 import zoo
 from zoo.datasets import posteriordb_reference
 from zoo.diagnostics import compare_exact, compare_reference, nested_rhat, pooled_bfmi
-from zoo.inference.chees import halton, metric_windows
+from zoo.inference.adaptation import metric_windows
+from zoo.inference.hmc import halton
 
 from conftest import SMOKE, posteriordb_dir
 
@@ -32,7 +33,7 @@ def test_chees_matches_exact_posterior(name):
     assert (table["z"].abs() < 4).all(), table
     assert ((table["sd"] / table["exact_sd"] - 1).abs() < 0.10).all(), table
     assert fit.converged, fit.checks()
-    assert fit.info["log_density"] == "torch.jit.trace"
+    assert fit.info["log_density"] == "vmap, recorded"
 
 
 def test_chees_matches_posteriordb_eight_schools():
@@ -41,7 +42,9 @@ def test_chees_matches_posteriordb_eight_schools():
     name = "eight_schools-eight_schools_noncentered"
     root = str(posteriordb_dir(name).parent)
     data = zoo.load_dataset("posteriordb", posterior=name, root=root)
-    fit = zoo.fit("eight_schools_noncentered", data, method="mcmc", seed=0)
+    # target_ess=4000: theta's sds are heavy-tailed, and at the default 1000 their Monte Carlo
+    # error is ~4%, too close to the 10% criterion; at 4000 it is ~2% (5 SE)
+    fit = zoo.fit("eight_schools_noncentered", data, method="mcmc", seed=0, target_ess=4000)
     assert fit.method == "chees"
     table = compare_reference(fit, posteriordb_reference(name, root=root))
     assert set(table["param"]) >= {"mu", "tau", "theta[0]", "theta[7]"}

@@ -278,8 +278,9 @@ def test_horseshoe_shrinks_null_coefficients_more_than_a_normal_prior():
     # the noise, where the horseshoe shrinks them too and the comparison says little.
     data = load_dataset("horseshoe_synthetic")
     truth = synthetic_truth("horseshoe_synthetic")["beta"]
-    fit = zoo.fit("horseshoe_regression", data, method="chees", seed=0, num_warmup=300,
-                  num_samples=50, num_chains=32)
+    # Stan's variance metric: the horseshoe's funnels take the Fisher metric's larger steps
+    # with a few divergences (3 at this seed)
+    fit = zoo.fit("horseshoe_regression", data, method="chees", seed=0, metric="variance")
     assert fit.converged, fit.warnings
     horseshoe = fit.posterior["beta"].mean(axis=(0, 1))
     design = torch.cat([torch.ones(len(data["y"]), 1), data["x"]], dim=1)

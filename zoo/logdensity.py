@@ -24,6 +24,7 @@ from torch.distributions import biject_to
 
 from . import tracing
 from .errors import ZooError
+from .gradient import Cost, ValueAndGrad, agree, autograd, measure, quietly, record
 from .registry import ModelSpec
 
 BatchedDensity = Callable[[torch.Tensor], torch.Tensor]  # (C, d) -> (C,)
@@ -145,62 +146,114 @@ class LogJoint:
             log_det = log_det + ladj.reshape(u.shape[0], -1).sum(-1)
         return self.constrained(draws) + log_det
 
-    def batched(self, num_points: int, jit: bool = True, seed: int = 0) -> tuple[BatchedDensity, str]:
-        """A lean ``u (num_points, d) -> log p(y, T(u)) + log|det J|`` for samplers.
+    def point(self, u: torch.Tensor) -> torch.Tensor:
+        """log p(y, T(u)) + log|det J_T(u)| at one point u (d,): a plain run of the model, which
+        ``torch.func.vmap`` turns into a run for many points whatever the model's shapes."""
+        draws, out = {}, 0.0
+        for name, v in self.flat.unflatten(u).items():
+            t = self.transforms[name]
+            draws[name] = x = t(v)
+            out = out + t.log_abs_det_jacobian(v, x).sum()
+        # validation checks values in Python (NaN warnings, support checks), which vmap cannot
+        # do on a batch; the density was checked against plain, validated runs already
+        with pyro.validation_enabled(False):
+            trace = prune_subsample_sites(
+                poutine.trace(poutine.condition(self.spec.fn, draws)).get_trace(**self.data))
+            return out + trace.log_prob_sum(lambda name, site: not tracing.is_deterministic(site))
 
-        ``unconstrained`` re-checks the model on every call; a sampler calls this thousands
-        of times, so here the model runs once under the outer plate with nothing else, and is
-        checked once, against ``unconstrained`` (itself checked against plain runs) at random
-        points. With ``jit`` the function is traced by ``torch.jit.trace`` and checked again
-        (value and gradient); a trace that fails or disagrees falls back to the eager function.
-        Returns (function, note on how it runs). Raises ``NotVectorisable`` when even the
-        eager batched function fails or disagrees (e.g. Python control flow on a latent).
-        """
+    def _plate(self, num_points: int) -> BatchedDensity:
+        """The batched density as one run of the model under an outer plate (plate-correct
+        models; the only way for models with enumerated discrete sites)."""
         def log_density(u: torch.Tensor) -> torch.Tensor:
             draws, out = {}, 0.0
             for name, v in self.flat.unflatten(u).items():
                 t = self.transforms[name]
                 draws[name] = x = t(v)
                 out = out + t.log_abs_det_jacobian(v, x).reshape(num_points, -1).sum(-1)
-            return out + self._under_plate(draws, num_points)
+            with pyro.validation_enabled(False):  # checked against validated plain runs
+                return out + self._under_plate(draws, num_points)
 
-        gen = generator(seed)
-        probe = [torch.rand(num_points, self.dim, generator=gen) * 4 - 2 for _ in range(2)]
-        try:
-            with pyro.validation_enabled(False), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                got = log_density(probe[0])
-        except tracing._NOT_VECTORISABLE as e:
-            raise NotVectorisable(f"{type(e).__name__}: {str(e).splitlines()[0][:120]}") from e
-        rows = [0, num_points - 1]  # the reference loops over points when it must: check two
-        want = self.unconstrained(probe[0][rows])
-        if got.shape != (num_points,) or not torch.allclose(got[rows], want, **_tol(u=want)):
-            raise NotVectorisable("its log density under an outer plate differs from plain runs "
-                                  "(the model is not plate-correct)")
+        return log_density
+
+    def batched(self, num_points: int, seed: int = 0) -> tuple[BatchedDensity, str]:
+        """``u (num_points, d) -> log p(y, T(u)) + log|det J|``: the model vectorised over
+        points, checked against plain runs at random points. Raises ``NotVectorisable``."""
+        f, how, _ = self._vectorised(num_points, self._probes(num_points, seed))
+        return f, how
+
+    def value_and_grad(self, num_points: int, jit: bool = True, seed: int = 0
+                       ) -> tuple[ValueAndGrad, str, Cost]:
+        """``u (num_points, d) -> (log density (num_points,), its gradient (num_points, d))``
+        for samplers, which call it thousands of times.
+
+        The model is vectorised over points by ``vmap`` (any model written for one draw), or by
+        an outer plate (plate-correct models, enumerated ones); a vectorised density that fails or
+        disagrees with plain runs at random points is not used. With ``jit`` value and gradient
+        are recorded into one program (``zoo.gradient.record``), checked again at fresh points.
+        Returns (function, how it runs, its ``Cost``). Raises ``NotVectorisable``
+        when the model cannot be vectorised (e.g. Python control flow on a latent).
+        """
+        probes = self._probes(num_points, seed)
+        f, how, _ = self._vectorised(num_points, probes)
+        eager = autograd(f)
         if not jit:
-            return log_density, "eager (jit = false)"
+            return eager, f"{how}, autograd (jit = false)", quietly(measure, eager, probes[0])
         try:
-            with pyro.validation_enabled(False), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                traced = torch.jit.trace(log_density, (probe[0],), check_trace=False)
-                agree = all(_same_value_and_grad(traced, log_density, u) for u in probe)
-        except Exception as e:  # tracing is best effort: anything it trips on means eager
-            return log_density, f"eager (torch.jit.trace failed: {type(e).__name__})"
-        if not agree:
-            return log_density, "eager (the traced function disagreed with the eager one)"
-        return traced, "torch.jit.trace"
+            recorded, cost = quietly(record, f, probes[0])
+            if all(quietly(agree, recorded, eager, u) for u in probes[1:]):
+                return recorded, f"{how}, recorded", cost
+            why = "the recording disagreed with the model"
+        except Exception as e:  # recording is best effort: anything it trips on means less
+            why = f"recording failed: {type(e).__name__}"
+        # e.g. a custom autograd.Function without functorch support (Pyro's enumeration):
+        # torch.jit.trace of the density alone, differentiated by autograd
+        try:
+            traced = autograd(quietly(lambda u: torch.jit.trace(f, (u,), check_trace=False),
+                                      probes[0]))
+            if all(quietly(agree, traced, eager, u) for u in probes[1:]):
+                return traced, f"{how}, torch.jit.trace + autograd ({why})", \
+                    quietly(measure, traced, probes[0])
+        except Exception:  # noqa: BLE001 - eager it is
+            pass
+        return eager, f"{how}, autograd ({why})", quietly(measure, eager, probes[0])
+
+    def _probes(self, num_points: int, seed: int) -> list[torch.Tensor]:
+        gen = generator(seed)
+        return [torch.rand(num_points, self.dim, generator=gen) * 4 - 2 for _ in range(3)]
+
+    def _vectorised(self, num_points: int, probes: list[torch.Tensor]):
+        """The first of vmap and the outer plate that runs and matches ``unconstrained`` (plain
+        runs) at two rows of a probe: (function, "vmap" or "plate", reasons others failed)."""
+        candidates = []
+        if not self.enumerated:
+            candidates.append(("vmap", torch.func.vmap(self.point)))
+        if self.spec.vectorizable:
+            candidates.append(("plate", self._plate(num_points)))
+        rows = [0, num_points - 1]  # the reference loops over points when it must: check two
+        want = self.unconstrained(probes[0][rows])
+        reasons, slow_vmap = [], None
+        for how, f in candidates:
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    got = quietly(f, probes[0])
+            except Exception as e:  # the model cannot run this way; say why if none can
+                reasons.append(f"{how}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}")
+                continue
+            if got.shape != (num_points,) or not torch.allclose(got[rows], want, **_tol(u=want)):
+                reasons.append(f"{how}: its log density differs from plain runs")
+                continue
+            slow = [w for w in caught if "performance drop" in str(w.message)]
+            if slow and how == "vmap" and len(candidates) > 1:
+                # vmap lacks a batching rule and loops over points: the plate may do better
+                reasons.append(f"vmap: {str(slow[0].message).splitlines()[0][:160]}")
+                slow_vmap = f
+                continue
+            return f, how, reasons
+        if slow_vmap is not None:
+            return slow_vmap, "vmap", reasons
+        raise NotVectorisable("; ".join(reasons) or "no way to vectorise it")
 
 
 def _tol(u: torch.Tensor) -> dict:
     return {"rtol": 1e-6, "atol": 1e-6} if u.dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-3}
-
-
-def _same_value_and_grad(f: BatchedDensity, g: BatchedDensity, u: torch.Tensor) -> bool:
-    out = []
-    for fn in (f, g):
-        x = u.clone().requires_grad_(True)
-        value = fn(x)
-        (grad,) = torch.autograd.grad(value.sum(), x)
-        out.append((value.detach(), grad))
-    (v1, g1), (v2, g2) = out
-    return torch.allclose(v1, v2, **_tol(v2)) and torch.allclose(g1, g2, **_tol(v2))

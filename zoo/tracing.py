@@ -98,6 +98,12 @@ def observed_sites(trace) -> list[str]:
     ]
 
 
+def factor_sites(trace) -> list[str]:
+    """``pyro.factor`` terms (a ``target +=`` likelihood, as Stan ports write it)."""
+    return [n for n, s in trace.nodes.items()
+            if s["type"] == "sample" and s["is_observed"] and isinstance(s["fn"], dist.Unit)]
+
+
 def observed_keys(model: Callable, data: Mapping) -> dict[str, str]:
     """Map each observed site to the data key that holds its value (``obs=y`` -> ``"y"``).
 
@@ -286,7 +292,26 @@ def evaluate(
         # values; sampled sites can only be compared by shape).
         if out is not None and _agrees(out, ref, want, sites, log_prob):
             return out
+    if enum_from is None:  # a model written for one draw: vmap runs it for all (not enumerated)
+        try:
+            out = _vmapped(model, draws, data, sites, log_prob)
+        except Exception:  # noqa: BLE001 - vmap cannot run this model; the loop can
+            out = None
+        if out is not None and _agrees(out, ref, want, sites, log_prob):
+            return out
     return _sequential(model, draws, data, sites, log_prob, enum_from)
+
+
+def _vmapped(model, draws: Draws, data, sites, log_prob: bool) -> Draws:
+    """``sites`` at every draw by ``torch.func.vmap`` over a plain run: right for any model
+    written for one draw, whatever its shapes (``a[g]``, ``X @ beta``). Sites not in ``draws``
+    are sampled independently per draw (``randomness="different"``)."""
+    def one(values: Draws) -> Draws:
+        trace = prune_subsample_sites(poutine.trace(poutine.condition(model, values)).get_trace(**data))
+        return {n: _site_result(trace.nodes[n], log_prob) for n in sites}
+
+    with torch.no_grad(), poutine.block(), pyro.validation_enabled(False):
+        return torch.func.vmap(one, randomness="different")(dict(draws))
 
 
 def _agrees(out: Draws, ref, want: Draws, sites, log_prob: bool) -> bool:

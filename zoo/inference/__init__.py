@@ -26,7 +26,7 @@ import pyro
 import torch
 
 from .. import tracing
-from ..data import prepare, to_device
+from ..data import as_float, is_integer, prepare, to_device
 from ..errors import ConvergenceWarning, ZooError, did_you_mean, unknown
 from ..fit import Fit, default_dtype
 from ..registry import METHODS, ModelSpec, get_model
@@ -104,17 +104,33 @@ def resolve(model: str | Callable | ModelSpec, data: Mapping[str, Any], dtype=to
     with default_dtype(dtype):
         prepared = prepare(spec, data, dtype)
         if spec.family == "user":
-            try:
-                keys = tracing.observed_keys(spec.fn, prepared)
-            except Exception as e:  # the user's model failed on the user's data
-                raise ZooError(f"model {spec.name!r} failed on the data: {type(e).__name__}: {e}") from e
-            if not keys:
+            keys, prepared = _observed_keys(spec, prepared, dtype)
+            prepared = as_float(prepared, set(keys.values()), dtype)
+            if not keys and not tracing.factor_sites(tracing.structure(spec.fn, prepared)):
                 raise ZooError(
                     f"model {spec.name!r} has no observed sites with the data given "
-                    f"(keys: {', '.join(prepared)}); pass observations as keyword arguments"
+                    f"(keys: {', '.join(prepared)}) and no pyro.factor terms; pass observations as "
+                    "keyword arguments"
                 )
             spec = dataclasses.replace(spec, observed=tuple(keys.values()))
     return spec, prepared
+
+
+def _observed_keys(spec: ModelSpec, data: dict, dtype: torch.dtype) -> tuple[dict, dict]:
+    """The user's model's observed sites -> data keys, and the data it runs on: integer arrays
+    as given (indices), or, if the model fails on them (``X @ beta`` with an integer ``X``),
+    every integer array in ``dtype``."""
+    try:
+        return tracing.observed_keys(spec.fn, data), data
+    except Exception as e:  # the user's model failed on the user's data
+        error = e
+    floats = as_float(data, [k for k, v in data.items() if is_integer(v)], dtype)
+    if any(is_integer(v) for v in data.values()):
+        try:
+            return tracing.observed_keys(spec.fn, floats), floats
+        except Exception:
+            pass
+    raise ZooError(f"model {spec.name!r} failed on the data: {type(error).__name__}: {error}") from error
 
 
 def fit(
@@ -242,15 +258,15 @@ def _with_deterministic(spec: ModelSpec, data: Mapping, latents: Mapping[str, to
 
 def versions() -> dict[str, str]:
     import platform
+    from importlib.metadata import version
 
-    import arviz
     import pandas
 
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "pyro": pyro.__version__,
-        "arviz": arviz.__version__,
+        "arviz": version("arviz"),  # importing ArviZ takes ~2 s, which a fit does not need
         "numpy": np.__version__,
         "pandas": pandas.__version__,
     }

@@ -32,18 +32,27 @@ class NUTSSettings:
 
 @dataclass(frozen=True)
 class CheesSettings:
-    """Many-chain HMC with ChEES trajectory lengths (zoo.inference.chees)."""
+    """Many-chain HMC with ChEES trajectory lengths (zoo.inference.chees). Zeros mean "chosen
+    for the model": chains from the cost of one gradient, draws until ``target_ess``."""
 
-    num_warmup: int = 400
-    num_samples: int = 100  # per chain; draws are pooled over chains
-    num_chains: int = 128
+    num_warmup: int = 1000  # "adaptive": at most this many; "fixed": exactly this many
+    warmup: Literal["adaptive", "fixed"] = "adaptive"  # adaptive stops once adaptation settles
+    num_samples: int = 0  # per chain; 0: until min bulk and tail ESS >= target_ess
+    target_ess: int = 1000
+    max_samples: int = 1000  # per chain, when num_samples = 0
+    num_chains: int = 0  # 0: 16-128, fewest where each chain's gradient costs arithmetic
     num_superchains: int = 0  # chains in a superchain share a start point (nested R-hat); 0: auto
     target_accept: float = 0.651  # harmonic mean over chains (Hoffman, Radul & Sountsov 2021)
     max_leapfrog: int = 1000
     trajectory_lr: float = 0.025  # Adam on log T, maximising the ChEES criterion
     init_strategy: InitStrategy = "uniform"
-    dense_mass: bool = False
-    jit: bool = True  # trace the batched potential with torch.jit (checked; eager if it fails)
+    init_lbfgs: bool = True  # move each start by L-BFGS into the posterior's bulk (zoo.inference.start)
+    # auto: Fisher diagonal, dense when strongly correlated; "variance": Stan's diagonal, which
+    # takes smaller steps in a funnel (fewer divergences there, more gradients elsewhere)
+    metric: Literal["auto", "diag", "dense", "variance"] = "auto"
+    dense_mass: bool = False  # True is metric = "dense"
+    jit: bool = True  # record value and gradient into one traced program (checked; else autograd)
+    threads: int = 0  # torch threads while sampling; 0: 1 or 2 from the gradient's size
 
 
 @dataclass(frozen=True)
@@ -78,8 +87,12 @@ SETTINGS: dict[str, type] = {"nuts": NUTSSettings, "chees": CheesSettings, "svi"
 
 # Values that must be positive / within (0, 1); everything else only needs the right type.
 _POSITIVE = {"num_samples", "num_chains", "max_tree_depth", "num_particles", "num_steps", "window",
-             "lr", "adam_steps", "init_scale", "max_leapfrog", "trajectory_lr"}
-_NONNEGATIVE = {"num_warmup", "subsample_size", "rank", "lbfgs_steps", "tol", "num_superchains"}
+             "lr", "adam_steps", "init_scale", "max_leapfrog", "trajectory_lr", "target_ess",
+             "max_samples"}
+_NONNEGATIVE = {"num_warmup", "subsample_size", "rank", "lbfgs_steps", "tol", "num_superchains",
+                "threads"}
+# Settings where 0 means "chosen for the model" (chees); positive for every other method.
+_ZERO_IS_AUTO = {("chees", "num_samples"), ("chees", "num_chains")}
 _UNIT = {"target_accept", "lr_decay"}
 
 
@@ -115,7 +128,7 @@ def validate_settings(method: str, settings: Mapping[str, Any], where: str = "se
         if key not in fields:
             raise unknown(f"setting for {method} in {where}:", key, fields)
         value = _check_type(where, key, value, hints[key])
-        if key in _POSITIVE and not value > 0:
+        if key in _POSITIVE and not value > 0 and not ((method, key) in _ZERO_IS_AUTO and value == 0):
             raise ZooError(f"{where}.{key} must be > 0, got {value!r}")
         if key in _NONNEGATIVE and value < 0:
             raise ZooError(f"{where}.{key} must be >= 0, got {value!r}")
