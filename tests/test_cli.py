@@ -89,9 +89,9 @@ def test_list_names_every_model_and_recipe():
 
 
 def test_check_prints_runs_and_settings():
-    out = cli("eight_schools", "--check", "--set", "inference.nuts.num_chains=3")
+    out = cli("eight_schools", "--check", "--set", "inference.chees.num_chains=32")
     assert out.returncode == 0, out.stderr
-    assert "eight_schools_centered: nuts" in out.stdout and "num_chains=3" in out.stdout
+    assert "eight_schools_centered: chees" in out.stdout and "num_chains=32" in out.stdout
 
 
 @pytest.mark.parametrize("path", sorted(BAD_DIR.glob("*.toml")), ids=lambda p: p.stem)

@@ -94,10 +94,10 @@ def test_settings_layering():
 
 def test_set_overrides():
     r = load_recipe("eight_schools", overrides=[
-        "inference.num_samples=200", "inference.nuts.num_chains=2", "inference.nuts.jit=true",
+        "inference.num_samples=200", "inference.chees.num_chains=32", "inference.chees.jit=false",
         "recipe.seed=7", "models=['eight_schools_noncentered']"])
-    assert r.resolved["nuts"]["num_samples"] == 200
-    assert r.resolved["nuts"]["num_chains"] == 2 and r.resolved["nuts"]["jit"] is True
+    assert r.resolved["chees"]["num_samples"] == 200
+    assert r.resolved["chees"]["num_chains"] == 32 and r.resolved["chees"]["jit"] is False
     assert r.seed == 7 and [m.name for m in r.models] == ["eight_schools_noncentered"]
     assert load_recipe("eight_schools", seed=3).seed == 3  # --seed
     r = load_recipe("linear_regression", overrides=["inference.methods=['mcmc', 'laplace']"])
