@@ -23,7 +23,9 @@ from typing import Any
 from ..errors import ZooError, unknown
 
 BENCHES = {
-    "mcmc": "many-chain ChEES-HMC vs Pyro NUTS (and NUTS jit): ESS per second",
+    "e2e": "zoo's default MCMC vs Pyro NUTS, NumPyro and Stan, each in a fresh process: ESS per "
+           "second from the call to the result",
+    "mcmc": "many-chain ChEES-HMC vs Pyro NUTS (and NUTS jit): ESS per second, end to end",
     "svi": "zoo's JIT-compiled vectorised ELBO vs plain Pyro SVI: time per step",
     "grid": "a 16-cell recipe grid, serial vs the local process pool: wall time",
     "bdl": "Bayes by backprop (bnn_mlp) vs a plain PyTorch MLP: time per epoch",
