@@ -12,17 +12,17 @@ any other exception propagates with its traceback (status 1). Either way nothing
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from . import registry
 from .cells import CellsFailed, load_result, make_cells, run_cell, run_cells
 from .errors import ZooError
+from .gradient import torch_threads  # also used from here by zoo.sbc_report and zoo.bdl
 from .executors import ExecutorOptions, TaskFailed, validate
 from .grid import Point, expand
 from .grid_report import write_grid_results
@@ -223,21 +223,6 @@ def executor_options(args: argparse.Namespace, recipe: Recipe) -> ExecutorOption
                               fail_fast=args.fail_fast)
     validate(options)  # a bad flag fails before anything runs
     return options
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` torch CPU threads, restoring the caller's count (main() runs in-process
-    in tests). Measured: SVI on polynomial_d3 runs 2.3x faster on one thread than on two, and a
-    fixed count keeps float reductions, hence summary.csv, independent of the machine."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

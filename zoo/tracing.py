@@ -2,8 +2,9 @@
 
 Everything after inference needs the model run at S draws: deterministic sites, pointwise
 log-likelihood, posterior predictive. A plate-correct model can do all S in one pass under an
-extra outermost ``pyro.plate``; we try that first, check its first draw against a plain run, and
-fall back to a loop over draws (slow but right) for models that cannot be vectorised.
+extra outermost ``pyro.plate``; we try that first, then ``torch.func.vmap`` over plain runs
+(right for any model written for one draw: ``a[g]``, ``X @ beta``), check the first draw against
+a plain run, and fall back to a loop over draws (slow but right) where neither works.
 
 Discrete sites marked ``infer={"enumerate": "parallel"}`` (``enumerated_sites``) are summed out,
 never targeted by inference: ``latent_sites`` leaves them out, pointwise log-densities

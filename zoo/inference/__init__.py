@@ -3,10 +3,11 @@
     fit = zoo.fit("eight_schools_noncentered", data, method="nuts", seed=0, num_chains=4)
 
 ``model`` is a registered name or any plain Pyro model function whose observed values are
-keyword arguments; ``data`` a dict of arrays/tensors. ``method="mcmc"`` (the default) picks the
-best MCMC the zoo has for the model: many-chain ChEES-HMC ("chees") for models whose log density
-vectorises over chains, Pyro's NUTS otherwise. A model that turns out not to vectorise when
-"chees" runs falls back to NUTS, and the Fit says so in ``info["fallback"]``.
+keyword arguments (or ``pyro.factor`` terms); ``data`` a dict of arrays/tensors (integer arrays
+stay int64, observed values take the fit's float dtype). ``method="mcmc"`` (the default) picks
+the best MCMC the zoo has for the model: many-chain ChEES-HMC ("chees"), which vectorises any
+model written for one draw over chains (``vmap``); only a model that cannot be vectorised (Python
+control flow on a latent) falls back to NUTS, and the Fit says so in ``info["fallback"]``.
 
 ``device`` ("cpu", "cuda", "cuda:N") places the methods that gain from a GPU ("chees" and "svi")
 on it; the Fit and everything after inference stay on the CPU.

@@ -32,14 +32,13 @@ import os
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from typing import Mapping
 
 import numpy as np
 import torch
 
 from ..errors import ConvergenceWarning, ZooError
-from ..gradient import chains_for
+from ..gradient import chains_for, torch_threads
 from ..logdensity import LogJoint, NotVectorisable, generator
 from ..registry import ModelSpec
 from .adaptation import RHAT_SETTLED, initial_metric, warmup
@@ -59,17 +58,6 @@ def default_superchains(num_chains: int) -> int:
     of chains is each its own superchain (then plain R-hat applies)."""
     return next((k for k in (8, 6, 4, 3, 2) if num_chains % k == 0 and num_chains >= 4 * k),
                 num_chains)
-
-
-@contextmanager
-def torch_threads(n: int):
-    """Run with ``n`` torch CPU threads, restoring the caller's count."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def run_chees(spec: ModelSpec, data: Mapping, config: CheesSettings, seed: int = 0,
