@@ -137,23 +137,22 @@ class LogJoint:
 
     def unconstrained(self, u: torch.Tensor) -> torch.Tensor:
         """log p(y, T(u)) + log|det J_T(u)| at points u of shape (S, d); returns (S,)."""
-        parts = self.flat.unflatten(u)
-        draws, log_det = {}, torch.zeros(u.shape[0], dtype=u.dtype)
-        for n, v in parts.items():
-            x = self.transforms[n](v)
-            draws[n] = x
-            ladj = self.transforms[n].log_abs_det_jacobian(v, x)
-            log_det = log_det + ladj.reshape(u.shape[0], -1).sum(-1)
+        draws, log_det = self.constrain(u)
         return self.constrained(draws) + log_det
+
+    def constrain(self, u: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Points u (..., d) -> (site -> T(u) constrained, log|det J_T(u)| (...))."""
+        draws, log_det = {}, torch.zeros(u.shape[:-1], dtype=u.dtype)
+        for name, v in self.flat.unflatten(u).items():
+            t = self.transforms[name]
+            draws[name] = x = t(v)
+            log_det = log_det + t.log_abs_det_jacobian(v, x).reshape(u.shape[:-1] + (-1,)).sum(-1)
+        return draws, log_det
 
     def point(self, u: torch.Tensor) -> torch.Tensor:
         """log p(y, T(u)) + log|det J_T(u)| at one point u (d,): a plain run of the model, which
         ``torch.func.vmap`` turns into a run for many points whatever the model's shapes."""
-        draws, out = {}, 0.0
-        for name, v in self.flat.unflatten(u).items():
-            t = self.transforms[name]
-            draws[name] = x = t(v)
-            out = out + t.log_abs_det_jacobian(v, x).sum()
+        draws, out = self.constrain(u)
         # validation checks values in Python (NaN warnings, support checks), which vmap cannot
         # do on a batch; the density was checked against plain, validated runs already
         with pyro.validation_enabled(False):
@@ -165,11 +164,7 @@ class LogJoint:
         """The batched density as one run of the model under an outer plate (plate-correct
         models; the only way for models with enumerated discrete sites)."""
         def log_density(u: torch.Tensor) -> torch.Tensor:
-            draws, out = {}, 0.0
-            for name, v in self.flat.unflatten(u).items():
-                t = self.transforms[name]
-                draws[name] = x = t(v)
-                out = out + t.log_abs_det_jacobian(v, x).reshape(num_points, -1).sum(-1)
+            draws, out = self.constrain(u)
             with pyro.validation_enabled(False):  # checked against validated plain runs
                 return out + self._under_plate(draws, num_points)
 
