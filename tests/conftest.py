@@ -48,6 +48,29 @@ def posteriordb_dir(name: str) -> pathlib.Path:
     return path
 
 
+# The ARM regressions (zoo.models.arm) are 25 variants of one model: the registry-wide fits use
+# one of them (the fast suite's budget); each variant's density has its own test.
+ARM_REPRESENTATIVE = "log10earn_height"
+
+
+def fit_models() -> list[str]:
+    """Registered models for the registry-wide fitting tests: all but the ARM variants' repeats."""
+    from zoo.registry import get_model, list_models
+
+    return [n for n in list_models() if get_model(n).family != "arm" or n == ARM_REPRESENTATIVE]
+
+
+def default_data(name: str) -> dict:
+    """A registered model's default data; skips, saying why, when that data is a posteriordb
+    posterior and ../shared/data is absent."""
+    from zoo.registry import default_data as load_default, get_model
+
+    spec = get_model(name)
+    if spec.default_dataset == "posteriordb":
+        posteriordb_dir(spec.default_args["posterior"])
+    return load_default(name)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_convergence_warnings():
     # Smoke fits are not meant to converge; tests that care assert on fit.warnings.

@@ -15,11 +15,9 @@ from zoo.diagnostics import compare_exact, compare_reference, nested_rhat, poole
 from zoo.inference.adaptation import metric_windows
 from zoo.inference.hmc import halton
 
-from conftest import SMOKE, posteriordb_dir
+from conftest import SMOKE, posteriordb_dir, default_data
 
 
-def default_data(name: str) -> dict:
-    return zoo.load_dataset(zoo.get_model(name).default_dataset)
 
 
 @pytest.mark.parametrize("name", ["beta_binomial", "linear_regression", "normal_normal"])

@@ -18,15 +18,13 @@ from zoo.inference.settings import SVISettings
 from zoo.inference.svi import guide_on_cpu
 from zoo.tracing import guide_draws
 
-from conftest import SMOKE
+from conftest import SMOKE, default_data
 
 NO_CUDA = not torch.cuda.is_available()
 SETTINGS = {"chees": SMOKE["chees"], "svi": SMOKE["svi"], "nuts": SMOKE["nuts"],
             "laplace": SMOKE["laplace"]}
 
 
-def default_data(name: str) -> dict:
-    return zoo.load_dataset(zoo.get_model(name).default_dataset)
 
 
 @pytest.mark.parametrize("method", ["chees", "svi"])

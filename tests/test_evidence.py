@@ -11,14 +11,14 @@ import pytest
 import torch
 
 import zoo
+
+from conftest import default_data
 from zoo.errors import ConvergenceWarning, ZooError
 from zoo.evidence import Evidence
 
 CONJUGATE = ["normal_normal", "beta_binomial", "linear_regression", "polynomial_d2"]
 
 
-def default_data(name: str) -> dict:
-    return zoo.load_dataset(zoo.get_model(name).default_dataset)
 
 
 def close(est: Evidence, exact: float) -> bool:

@@ -15,11 +15,9 @@ import zoo
 from zoo.data import prepare
 from zoo.fit import default_dtype
 
-from conftest import SMOKE, assert_matches_normal_normal
+from conftest import SMOKE, assert_matches_normal_normal, default_data
 
 
-def default_data(name: str) -> dict:
-    return zoo.load_dataset(zoo.get_model(name).default_dataset)
 
 
 @pytest.mark.parametrize(

@@ -238,17 +238,10 @@ _FIT_METHOD = {"exact": "laplace", "laplace": "laplace", "importance": "svi", "b
 
 
 def _check_proper(fit: "Fit") -> None:
-    import pyro.distributions as dist
-
-    from . import tracing
-
-    with default_dtype(fit.dtype):
-        trace = tracing.structure(fit.spec.fn, fit.data)
-    for name in tracing.latent_sites(trace):
-        if isinstance(trace.nodes[name]["fn"], dist.ImproperUniform):
-            raise ZooError(f"site {name!r} of model {fit.model!r} has an improper prior, so the "
-                           "evidence is not defined (Bayes factors would be arbitrary); give it "
-                           "a proper prior")
+    if fit.improper_sites:
+        raise ZooError(f"site {fit.improper_sites[0]!r} of model {fit.model!r} has an improper "
+                       "prior, so the evidence is not defined (Bayes factors would be "
+                       "arbitrary); give it a proper prior")
 
 
 def estimate(fit: "Fit", method: str | None = None, **kwargs) -> Evidence:

@@ -125,7 +125,10 @@ class Fit:
             )
 
     def prior(self, num_samples: int = 500, seed: int | None = None) -> dict[str, np.ndarray]:
-        """Prior (latents) and prior predictive (observed sites) draws, ``(1, num_samples, ...)``."""
+        """Prior (latents) and prior predictive (observed sites) draws, ``(1, num_samples, ...)``;
+        empty for a model with an improper (flat) prior, which has nothing to draw from."""
+        if "prior" not in self._cache and self.improper_sites:
+            self._cache["prior"] = {}
         if "prior" not in self._cache:
             pyro.set_rng_seed(self.settings.get("seed", 0) if seed is None else seed)
             with default_dtype(self.dtype):
@@ -134,6 +137,16 @@ class Fit:
                 )
             self._cache["prior"] = {k: v.cpu().numpy()[None] for k, v in draws.items()}
         return self._cache["prior"]
+
+    @property
+    def improper_sites(self) -> list[str]:
+        """Latent sites with a flat (improper) prior, e.g. a Stan program's parameter with no
+        ``~`` statement: no prior draws, evidence or SBC for this model."""
+        if "improper" not in self._cache:
+            with default_dtype(self.dtype):
+                trace = tracing.structure(self.spec.fn, self.data)
+            self._cache["improper"] = tracing.improper_sites(trace)
+        return self._cache["improper"]
 
     @contextlib.contextmanager
     def guide_scope(self) -> Iterator[None]:

@@ -47,6 +47,15 @@ class ModelSpec:
     exact_posterior: Callable[..., dict] | None = None
     exact_log_evidence: Callable[..., float] | None = None
     vectorizable: bool = True  # plate-correct: draws can be batched under an outer plate
+    posteriordb: tuple[str, ...] = ()  # posteriordb posteriors (data-model names) it serves
+
+    @property
+    def default_args(self) -> dict[str, Any]:
+        """Arguments of ``default_dataset``'s loader for the default data: a posteriordb
+        model's first posterior, nothing otherwise."""
+        if self.default_dataset == "posteriordb" and self.posteriordb:
+            return {"posterior": self.posteriordb[0]}
+        return {}
 
     @property
     def summary_line(self) -> str:
@@ -127,6 +136,12 @@ def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a glob pattern, sorted."""
     _ensure_loaded()
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def default_data(name: str) -> dict:
+    """The default data of a registered model: ``default_dataset`` with ``default_args``."""
+    spec = get_model(name)
+    return load_dataset(spec.default_dataset, **spec.default_args)
 
 
 def get_dataset(name: str) -> DatasetSpec:

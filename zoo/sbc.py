@@ -202,6 +202,18 @@ def log_likelihoods(spec: ModelSpec, data: Mapping[str, Any], observed: Sequence
     return total.detach().cpu().numpy()
 
 
+def proper_prior(spec: ModelSpec) -> bool:
+    """Whether the model's prior is proper on its default data: SBC simulates from it."""
+    from .fit import default_dtype
+    from .registry import default_data
+
+    with default_dtype(torch.float64):
+        from .data import prepare
+
+        data = prepare(spec, default_data(spec.name))
+        return not tracing.improper_sites(tracing.structure(spec.fn, data))
+
+
 def simulate(spec: ModelSpec, data: Mapping[str, Any], num_simulations: int, seed: int):
     """(covariates, site -> data key of each observation, prior draws site -> (N, ...)): the
     model run forward N times on the data's covariates, in float64."""
@@ -212,6 +224,10 @@ def simulate(spec: ModelSpec, data: Mapping[str, Any], num_simulations: int, see
         prepared = prepare(spec, data)
         observed = tracing.observed_keys(spec.fn, prepared)
         covariates = {k: v for k, v in prepared.items() if k not in observed.values()}
+        improper = tracing.improper_sites(tracing.structure(spec.fn, prepared))
+        if improper:
+            raise ZooError(f"model {spec.name!r} has a flat (improper) prior on {improper}: SBC "
+                           "simulates data from the prior, so it needs a proper one")
         pyro.set_rng_seed(seed)
         draws = tracing.prior_draws(spec.fn, covariates, num_simulations,
                                     vectorize=spec.vectorizable)
@@ -258,7 +274,8 @@ def sbc(model: str | ModelSpec, method: str | PosteriorFn, num_simulations: int 
         from .inference import resolve_method
 
         name = resolve_method(name, spec)
-    dataset = dataset or spec.default_dataset
+    if dataset is None:  # the model's default data (a posteriordb model's first posterior)
+        dataset, dataset_args = spec.default_dataset, dataset_args or spec.default_args
     if dataset is None:
         raise ZooError(f"model {spec.name!r} has no default data set: name one (dataset=...)")
     dataset_args, args = dict(dataset_args or {}), dict(args or {})

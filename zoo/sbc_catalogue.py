@@ -149,7 +149,7 @@ def make_cells(path: Path, raw: Mapping, smoke: bool, seed: int, store: Path) ->
 
     from .recipe import display_path
     from .registry import get_dataset, get_model
-    from .sbc import method_settings
+    from .sbc import method_settings, proper_prior
 
     label = display_path(path)
     _check_keys(label, "recipe", raw, ("recipe", "sbc", "smoke"))
@@ -173,9 +173,12 @@ def make_cells(path: Path, raw: Mapping, smoke: bool, seed: int, store: Path) ->
             allowed = inspect.signature(get_dataset(dataset).loader).parameters
             _check_keys(label, f"sbc.model.{name}.dataset_args ({dataset})",
                         entry.get("dataset_args", {}), list(allowed))
-    cells = []
+    cells, flat = [], []
     for name in _models(label, table.get("models", "*")):
         spec, entry = get_model(name), per_model.get(name, {})
+        if not proper_prior(spec):  # nothing to simulate from (Stan's flat priors)
+            flat.append(name)
+            continue
         for m in entry.get("methods", methods):
             if not (m in spec.methods or (m == "exact" and spec.exact_posterior is not None)):
                 continue
@@ -202,7 +205,8 @@ def make_cells(path: Path, raw: Mapping, smoke: bool, seed: int, store: Path) ->
                 parameters=_flag(label, f"sbc.model.{name}.parameters",
                                  entry.get("parameters", True)),
                 settings=tuple(sorted(settings.items()))))
-    return cells, {**common, **{m: table[m] for m in METHODS if m in table}}
+    flat_note = {"left out (flat, improper prior)": ", ".join(flat)} if flat else {}
+    return cells, {**common, **{m: table[m] for m in METHODS if m in table}, **flat_note}
 
 
 # -- the catalogue report -------------------------------------------------------------------

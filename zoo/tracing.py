@@ -83,6 +83,14 @@ def latent_sites(trace) -> list[str]:
     ]
 
 
+def improper_sites(trace) -> list[str]:
+    """Latent sites with an improper prior (``ImproperUniform``, Stan's flat default): the
+    model has no prior predictive, evidence or SBC, but MCMC, Laplace and SVI still fit it."""
+    import pyro.distributions as dist
+
+    return [n for n in latent_sites(trace) if isinstance(trace.nodes[n]["fn"], dist.ImproperUniform)]
+
+
 def deterministic_sites(trace) -> list[str]:
     return [n for n, s in trace.nodes.items() if s["type"] == "sample" and is_deterministic(s)]
 

@@ -8,15 +8,34 @@ from functools import partial
 from typing import Any, NamedTuple
 
 import pyro
+import pyro.distributions as dist
 import torch
+from torch.distributions import transform_to
 from pyro.infer import autoguide
 
 from ..tracing import feasible
 
+
+def init_to_uniform(site: dict | None = None, radius: float = 2.0):
+    """Stan's default start: uniform on (-radius, radius) in unconstrained space.
+
+    Pyro's ``init_to_uniform`` draws from the prior once for the shape; an improper prior
+    (``ImproperUniform``) cannot be drawn from, so its shape comes from a feasible point. Proper
+    priors draw as Pyro does, so their starts (and a seed's results) are unchanged."""
+    if site is None:
+        return partial(init_to_uniform, radius=radius)
+    fn = site["fn"]
+    value = feasible(site) if isinstance(fn, dist.ImproperUniform) else fn.sample().detach()
+    if fn.has_enumerate_support:
+        return value
+    t = transform_to(fn.support)
+    return t(torch.rand_like(t.inv(value)) * (2 * radius) - radius)
+
+
 # median and mean fall back to a feasible point built without sampling, so improper priors
 # (which cannot be sampled) still initialise.
 INIT_STRATEGIES = {
-    "uniform": autoguide.init_to_uniform,
+    "uniform": init_to_uniform,
     "median": partial(autoguide.init_to_median, fallback=feasible),
     "mean": partial(autoguide.init_to_mean, fallback=feasible),
     "sample": autoguide.init_to_sample,

@@ -21,6 +21,7 @@ import torch
 from pyro.infer.mcmc import MCMC, NUTS
 
 from ..errors import ConvergenceWarning
+from .. import tracing
 from ..fit import default_dtype
 from ..registry import ModelSpec
 from .base import INIT_STRATEGIES, RunOutput, freezes_a_value
@@ -114,6 +115,8 @@ def _sample_chain(spec: ModelSpec, data: Mapping, config: NUTSSettings, seed: in
             jit_compile=jit,
             ignore_jit_warnings=False,  # _run_chain reads them
             full_mass=config.dense_mass,
+            # Pyro would guess it from a prior draw, which an improper prior cannot give
+            max_plate_nesting=tracing.max_plate_nesting(tracing.structure(spec.fn, data)),
         )
         mcmc = MCMC(
             kernel,
