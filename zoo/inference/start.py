@@ -28,6 +28,7 @@ from ..gradient import ValueAndGrad
 
 HISTORY = 6  # L-BFGS memory (Stan's default is 5; Pathfinder's 6)
 ARMIJO = 1e-4
+WOLFE = 0.9  # curvature condition: the slope has flattened to 90% of its start
 
 
 class Start(NamedTuple):
@@ -54,6 +55,46 @@ def two_loop(g: torch.Tensor, s: list[torch.Tensor], y: list[torch.Tensor],
     return r
 
 
+class _Found(NamedTuple):
+    ok: torch.Tensor  # (C,) a step was accepted
+    gradients: int
+
+
+def _line_search(value_and_grad: ValueAndGrad, q, logp, g, direction, slope, active,
+                 max_trials: int):
+    """Per chain, a step along ``direction`` meeting Armijo's sufficient decrease; where the
+    slope there is still steeper than ``WOLFE`` × the initial slope (Wolfe's curvature
+    condition fails), the step doubles while −log p keeps falling.
+
+    Backtracking alone takes the quadratic model's step at best, which on a log scale
+    parameter far from its mode (−log p ∝ e^{−2s}, a regression in dollars started at
+    sigma ≈ 1) is a tiny fraction of the way: the expansion crosses such a region in a few
+    doublings instead of hundreds of iterations."""
+    step = torch.ones(len(q), dtype=q.dtype)
+    pending, found = active.clone(), torch.zeros_like(active)
+    q_new, logp_new, g_new = q, logp, g
+    trials = 0
+    for _ in range(max_trials):
+        trial = q + step.unsqueeze(-1) * direction
+        lp_t, gr_t = value_and_grad(torch.where(pending.unsqueeze(-1), trial, q))
+        trials += 1
+        armijo = pending & torch.isfinite(lp_t) & torch.isfinite(gr_t).all(-1) & (
+            -lp_t <= -logp + ARMIJO * step * slope)
+        better = armijo & (~found | (lp_t > logp_new))  # while expanding: only if it improves
+        q_new = torch.where(better.unsqueeze(-1), trial, q_new)
+        logp_new = torch.where(better, lp_t, logp_new)
+        g_new = torch.where(better.unsqueeze(-1), -gr_t, g_new)
+        steep = (-gr_t * direction).sum(-1) < WOLFE * slope
+        expand = better & steep
+        backtrack = pending & ~armijo & ~found
+        found |= better
+        pending &= expand | backtrack
+        if not bool(pending.any()):
+            break
+        step = torch.where(expand, 2.0 * step, torch.where(backtrack, 0.5 * step, step))
+    return q_new, logp_new, g_new, _Found(found, trials)
+
+
 def lbfgs_start(value_and_grad: ValueAndGrad, q0: torch.Tensor, max_iterations: int = 200,
                 max_backtracks: int = 30) -> Start:
     """Each row of ``q0`` (C, d) moved by its own L-BFGS on −log p until gᵀHg ≤ d."""
@@ -74,24 +115,11 @@ def lbfgs_start(value_and_grad: ValueAndGrad, q0: torch.Tensor, max_iterations: 
         active &= ((-slope > d) | (not s_hist)) & (slope < 0)
         if not bool(active.any()):
             break
-        step = torch.ones(c, dtype=q.dtype)
-        pending = active.clone()
-        q_new, logp_new, g_new = q, logp, g
-        for _ in range(max_backtracks):
-            trial = q + step.unsqueeze(-1) * direction
-            lp_t, gr_t = value_and_grad(torch.where(pending.unsqueeze(-1), trial, q))
-            gradients += 1
-            ok = pending & torch.isfinite(lp_t) & torch.isfinite(gr_t).all(-1) & (
-                -lp_t <= -logp + ARMIJO * step * slope)
-            q_new = torch.where(ok.unsqueeze(-1), trial, q_new)
-            logp_new = torch.where(ok, lp_t, logp_new)
-            g_new = torch.where(ok.unsqueeze(-1), -gr_t, g_new)
-            pending &= ~ok
-            if not bool(pending.any()):
-                break
-            step = torch.where(pending, 0.5 * step, step)
-        moved = active & ~pending  # chains whose line search failed stop where they are
-        active &= ~pending
+        q_new, logp_new, g_new, search = _line_search(value_and_grad, q, logp, g, direction,
+                                                      slope, active, max_backtracks)
+        gradients += search.gradients
+        moved = search.ok  # chains whose line search failed stop where they are
+        active &= moved
         s, y = q_new - q, g_new - g
         sy = (s * y).sum(-1)
         valid = moved & (sy > 1e-10 * (y * y).sum(-1).clamp_min(1e-300))
