@@ -39,6 +39,33 @@ class NotVectorisable(ZooError):
     """The model's log density cannot be evaluated for many points in one pass."""
 
 
+def _bounds(support) -> list[torch.Tensor]:
+    """The tensors a support is built from (interval bounds), unwrapping independent()."""
+    support = getattr(support, "base_constraint", support)
+    return [torch.as_tensor(getattr(support, k)) for k in ("lower_bound", "upper_bound")
+            if hasattr(support, k)]
+
+
+def check_fixed_supports(spec: ModelSpec, data: Mapping, ref=None) -> None:
+    """Refuse a model whose supports move with its parameters (``Uniform(a, 10)`` for b): the
+    samplers keep each site's first transform, which would silently give the wrong density."""
+    ref = tracing.structure(spec.fn, data) if ref is None else ref
+    latents = tracing.latent_sites(ref)
+    transforms = {n: biject_to(ref.nodes[n]["fn"].support) for n in latents}
+    moved = {n: transforms[n](transforms[n].inv(ref.nodes[n]["value"]) + 0.5) for n in latents}
+    try:
+        other = tracing.get_trace(spec.fn, data, moved)
+    except Exception:  # noqa: BLE001 - the model cannot run there; nothing to compare
+        return
+    for n in latents:
+        a, b = _bounds(ref.nodes[n]["fn"].support), _bounds(other.nodes[n]["fn"].support)
+        if any(x.shape != y.shape or not torch.equal(x, y) for x, y in zip(a, b)):
+            raise ZooError(
+                f"site {n!r} of model {spec.name!r}: its support's bounds depend on other "
+                "parameters, which the samplers' fixed transforms cannot follow; write it as "
+                f"zoo.models.bounded({n!r}, lower=..., upper=...) (Stan's real<lower=a> b)")
+
+
 class LogJoint:
     """log p(y, θ) for ``spec.fn(**data)`` over the latent sites, batched over points.
 
@@ -57,6 +84,7 @@ class LogJoint:
         self.flat = Flat({n: self.transforms[n].inv(ref.nodes[n]["value"]) for n in self.latents})
         self._sites = [n for n, s in ref.nodes.items()
                        if s["type"] == "sample" and not tracing.is_deterministic(s)]
+        check_fixed_supports(spec, self.data, ref)
         self.max_plate_nesting = tracing.max_plate_nesting(ref)
         self.enumerated = bool(tracing.enumerated_sites(ref))
         # constrained value shape, and how many of its dims are batch (plate) dims

@@ -28,6 +28,7 @@ import torch
 
 from .. import tracing
 from ..data import as_float, is_integer, prepare, to_device
+from ..logdensity import check_fixed_supports
 from ..errors import ConvergenceWarning, ZooError, did_you_mean, unknown
 from ..fit import Fit, default_dtype
 from ..registry import METHODS, ModelSpec, get_model
@@ -114,6 +115,7 @@ def resolve(model: str | Callable | ModelSpec, data: Mapping[str, Any], dtype=to
                     "keyword arguments"
                 )
             spec = dataclasses.replace(spec, observed=tuple(keys.values()))
+            check_fixed_supports(spec, prepared)  # registered models are tested for it
     return spec, prepared
 
 

@@ -3,13 +3,15 @@
 ``zoo.registry.list_models()`` lists them; ``zoo.registry.get_model(name)`` returns a spec.
 """
 
-from . import (conjugate, glm, gp, hierarchical, mixture, networks, regression,  # noqa: F401
-               timeseries)  # (importing registers the models)
+from . import (arm, conjugate, glm, gp, hierarchical, mixture, networks,  # noqa: F401
+               regression, timeseries)  # (importing registers the models)
+from .bounds import bounded
 from .conjugate import NIGPosterior, nig_log_evidence, nig_marginals, nig_posterior
 from .regression import polynomial_features
 
 __all__ = [
     "NIGPosterior",
+    "bounded",
     "nig_log_evidence",
     "nig_marginals",
     "nig_posterior",

@@ -307,6 +307,34 @@ def gp_regression(
         return pyro.sample("y", ChainRuleMultivariateNormal(scale_tril), obs=y)
 
 
+
+@register_model(
+    observed=("y",),
+    data_shapes={"x": ("N",), "y": ("N",)},
+    default_dataset="posteriordb",
+    posteriordb=("gp_pois_regr-gp_regr",),
+    references=(
+        "Magnusson, Torgander, Bürkner, Zhang, Carpenter & Vehtari (2024), posteriordb: testing, "
+        "benchmarking and developing Bayesian inference algorithms, arXiv:2407.04967 (model "
+        "gp_regr, posterior gp_pois_regr-gp_regr)",
+    ) + REFERENCES[:1],
+)
+def gp_regr(x: Tensor, y: Tensor | None = None, N: int | None = None, k: Tensor | None = None):
+    """posteriordb's gp_regr: exact GP regression whose noise adds sigma (not sigma²) to K.
+
+    rho ~ Gamma(25, 4);  alpha ~ HalfNormal(2);  sigma ~ HalfNormal(1)
+    y ~ MultivariateNormal(0, K + sigma I),  K[i, j] = alpha² exp(-(x[i] - x[j])² / (2 rho²))
+    as the Stan program writes it (``diag_matrix(rep_vector(sigma, N))``); ``k`` (counts of
+    the data set's Poisson variant) is not used.
+    """
+    rho = pyro.sample("rho", dist.Gamma(25.0, 4.0))
+    alpha = pyro.sample("alpha", dist.HalfNormal(2.0))
+    sigma = pyro.sample("sigma", dist.HalfNormal(1.0))
+    cov = covariance(x, x, rho, alpha)  # under S draws the hyperparameters are (S, 1)
+    scale_tril = cholesky(cov + _diagonal(sigma, x.shape[-1], x.dtype, x.device))
+    with pyro.plate("data", x.shape[-1], dim=-1):
+        return pyro.sample("y", ChainRuleMultivariateNormal(scale_tril), obs=y)
+
 # --------------------------------------------------------------------------------------------
 # The sparse GP
 # --------------------------------------------------------------------------------------------

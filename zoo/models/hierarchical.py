@@ -64,6 +64,7 @@ def eight_schools_centered(sigma: Tensor, y: Tensor | None = None, J: int | None
     observed=("y",),
     data_shapes={"y": ("J",), "sigma": ("J",)},
     default_dataset="eight_schools",
+    posteriordb=("eight_schools-eight_schools_noncentered",),
     references=REFERENCES,
 )
 def eight_schools_noncentered(sigma: Tensor, y: Tensor | None = None, J: int | None = None):

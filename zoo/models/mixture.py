@@ -138,6 +138,7 @@ def gaussian_mixture(y: Tensor | None = None, N: int | None = None, K: int = 2,
     observed=("y",),
     data_shapes={"y": ("N",)},
     default_dataset="low_dim_gauss_mix_synthetic",
+    posteriordb=("low_dim_gauss_mix-low_dim_gauss_mix",),
     references=POSTERIORDB_REFERENCES,
 )
 def low_dim_gauss_mix(y: Tensor | None = None, N: int | None = None):

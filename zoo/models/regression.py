@@ -250,6 +250,7 @@ POSTERIORDB_BLR = (
     observed=("y",),
     data_shapes={"X": ("N", "D"), "y": ("N",)},
     default_dataset="blr_synthetic",
+    posteriordb=("sblri-blr",),
     references=(POSTERIORDB_BLR, "Gelman et al. (2013), Bayesian Data Analysis, 3rd ed., chapter 14"),
 )
 def blr(
@@ -274,3 +275,42 @@ def blr(
     with pyro.plate("data", num_data, subsample_size=subsample_size, dim=-1) as idx:
         loc = (X[idx] @ beta.unsqueeze(-1)).squeeze(-1)
         return pyro.sample("y", dist.Normal(loc, sigma), obs=None if y is None else y[idx])
+
+
+# --------------------------------------------------------------------------------------------
+# posteriordb's diamonds: brms's Gaussian regression on centred predictors
+# --------------------------------------------------------------------------------------------
+
+
+@register_model(
+    observed=("Y",),
+    data_shapes={"Y": ("N",), "X": ("N", "K")},
+    default_dataset="posteriordb",
+    posteriordb=("diamonds-diamonds",),
+    references=(
+        POSTERIORDB_BLR.replace("model blr, posterior sblri-blr", "model diamonds, posterior "
+                                "diamonds-diamonds"),
+        "Bürkner (2017), brms: an R package for Bayesian multilevel models using Stan, Journal "
+        "of Statistical Software 80(1) (the Stan program is brms's)",
+    ),
+)
+def diamonds(X: Tensor, Y: Tensor | None = None, N: int | None = None, K: int | None = None,
+             prior_only: int = 0):
+    """Diamond prices on 24 predictors, brms's Gaussian regression (posteriordb's diamonds).
+
+    Xc = X[:, 1:] minus its column means (X's first column is the intercept's ones)
+    b[k] ~ Normal(0, 1);  Intercept ~ StudentT(3, 8, 10);  sigma ~ StudentT+(3, 0, 10)
+    Y[n] ~ Normal(Intercept + Xc[n] . b, sigma)   (left unobserved when prior_only)
+    The predictors are strongly correlated (polynomial terms of carat, cut, colour and
+    clarity): a hard posterior for a diagonal metric.
+    """
+    Xc = X[:, 1:] - X[:, 1:].mean(0)
+    with pyro.plate("coefficients", Xc.shape[-1], dim=-1):
+        b = pyro.sample("b", dist.Normal(0.0, 1.0))
+    intercept = pyro.sample("Intercept", dist.StudentT(3.0, 8.0, 10.0))
+    # Stan's student_t_lpdf(sigma | 3, 0, 10) - student_t_lccdf(0 | 3, 0, 10): the half-t
+    sigma = pyro.sample("sigma", dist.FoldedDistribution(dist.StudentT(3.0, 0.0, 10.0)))
+    loc = intercept + (Xc @ b.unsqueeze(-1)).squeeze(-1)  # under S draws: (S, 1) + (S, N)
+    with pyro.plate("data", Xc.shape[0], dim=-1):
+        return pyro.sample("Y", dist.Normal(loc, sigma),
+                           obs=None if prior_only else Y)

@@ -98,6 +98,7 @@ def _ar_sizes(K: int, T: int | None, y: Tensor | None) -> tuple[int, int]:
     observed=("y",),
     data_shapes={"y": ("T",)},
     default_dataset="ar_synthetic",
+    posteriordb=("arK-arK",),
     references=(
         POSTERIORDB + " (model arK, posterior arK-arK)",
         "Stan Development Team, Stan User's Guide, section 'Autoregressive models'",
