@@ -35,7 +35,8 @@ from .report import FitResult, write_results
 SUBCOMMANDS = {"sbc": "zoo.sbc", "teach": "zoo.teach"}
 # A recipe holding one of these tables is not a model fit: the module's ``run(path, raw, args,
 # command)`` runs it with the same flags (--check, --smoke, --set, --out, --quiet, ...).
-RECIPE_TABLES = {"experiment": "zoo.bdl.experiments", "sbc": "zoo.sbc", "teach": "zoo.teach"}
+RECIPE_TABLES = {"experiment": "zoo.bdl.experiments", "posteriordb": "zoo.posteriordb_check",
+                 "sbc": "zoo.sbc", "teach": "zoo.teach"}
 
 
 def build_parser() -> argparse.ArgumentParser:
