@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -32,12 +32,22 @@ def init_to_uniform(site: dict | None = None, radius: float = 2.0):
     return t(torch.rand_like(t.inv(value)) * (2 * radius) - radius)
 
 
-# median and mean fall back to a feasible point built without sampling, so improper priors
-# (which cannot be sampled) still initialise.
+def flat_at_feasible(init: Callable) -> Callable:
+    """``init`` for proper priors; a feasible point for an improper one (Pyro's median and
+    mean would sample it, and send a site with an event shape straight to a sampling
+    fallback)."""
+    def strategy(site: dict | None = None):
+        if site is None:
+            return strategy
+        return feasible(site) if isinstance(site["fn"], dist.ImproperUniform) else init(site)
+
+    return strategy
+
+
 INIT_STRATEGIES = {
     "uniform": init_to_uniform,
-    "median": partial(autoguide.init_to_median, fallback=feasible),
-    "mean": partial(autoguide.init_to_mean, fallback=feasible),
+    "median": flat_at_feasible(partial(autoguide.init_to_median, fallback=feasible)),
+    "mean": flat_at_feasible(partial(autoguide.init_to_mean, fallback=feasible)),
     "sample": autoguide.init_to_sample,
     "feasible": autoguide.init_to_feasible,
 }

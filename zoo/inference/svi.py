@@ -43,7 +43,7 @@ from ..data import to_device
 from ..errors import ConvergenceWarning, ZooError
 from ..registry import ModelSpec
 from ..tracing import enumerated_sites, guide_draws, latent_sites, max_plate_nesting, structure
-from .base import RunOutput
+from .base import INIT_STRATEGIES, RunOutput
 from .base import freezes_a_value
 from .settings import SVISettings
 
@@ -52,7 +52,7 @@ def make_guide(spec: ModelSpec, config: SVISettings, enumerated: Sequence[str] =
     """The guide ``config.guide`` names; an autoguide covers the latents other than the
     ``enumerated`` sites, which the ELBO sums out (hidden from the autoguide's model)."""
     model = poutine.block(spec.fn, hide=list(enumerated)) if enumerated else spec.fn
-    init = autoguide.init_to_median
+    init = INIT_STRATEGIES["median"]  # a flat prior starts at a feasible point
     if config.guide == "model":
         if spec.guide is None:
             raise ZooError(f"model {spec.name!r} has no guide of its own; use guide = 'normal', "

@@ -3,7 +3,7 @@
 ``zoo.registry.list_models()`` lists them; ``zoo.registry.get_model(name)`` returns a spec.
 """
 
-from . import (arm, conjugate, glm, gp, hierarchical, mixture, networks,  # noqa: F401
+from . import (arm, conjugate, glm, gp, hierarchical, hmm, mixture, networks,  # noqa: F401
                regression, timeseries)  # (importing registers the models)
 from .bounds import bounded
 from .conjugate import NIGPosterior, nig_log_evidence, nig_marginals, nig_posterior
