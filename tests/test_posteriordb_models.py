@@ -55,6 +55,18 @@ def log_joint(spec, data: dict, values: dict) -> float:
 
 # -- the registry covers posteriordb ------------------------------------------------------------
 
+# Not ported yet (issue 18): the ODE models, whose adaptive solve is still too slow for the
+# recipe (branch wip/ode); the recipe reports them as FAIL rows.
+NOT_PORTED = {"hudson_lynx_hare-lotka_volterra", "one_comp_mm_elim_abs-one_comp_mm_elim_abs"}
+
+
+def test_every_shared_posterior_is_served_by_one_model():
+    needs_shared()
+    assert set(SERVED) == set(SHARED) - NOT_PORTED, (set(SHARED) - set(SERVED), set(SERVED) - set(SHARED))
+    assert len(SERVED) == len(set(SERVED)), "a posterior served by two models"
+    assert len(SHARED) == 40
+
+
 @pytest.mark.parametrize("posterior", SERVED)
 def test_model_has_the_reference_parameters(posterior):
     spec, data = posterior_data(posterior)

@@ -29,25 +29,22 @@ def init_to_uniform(site: dict | None = None, radius: float = 2.0):
     if fn.has_enumerate_support:
         return value
     t = transform_to(fn.support)
-    return t(torch.rand_like(t.inv(value)) * (2 * radius) - radius)
+    value = t(torch.rand_like(t.inv(value)) * (2 * radius) - radius)
+    value._pyro_custom_init = False  # as Pyro's: reparametrisers may re-initialise it
+    return value
 
 
-def flat_at_feasible(init: Callable) -> Callable:
-    """``init`` for proper priors; a feasible point for an improper one (Pyro's median and
-    mean would sample it, and send a site with an event shape straight to a sampling
-    fallback)."""
-    def strategy(site: dict | None = None):
-        if site is None:
-            return strategy
-        return feasible(site) if isinstance(site["fn"], dist.ImproperUniform) else init(site)
-
-    return strategy
+def flat_at_feasible(init: Callable, site: dict):
+    """``init(site)`` for a proper prior; a feasible point for an improper one (Pyro's median
+    and mean would sample it, and send a site with an event shape straight to a sampling
+    fallback). Bind ``init`` with functools.partial: a fit's guide keeps it, and is pickled."""
+    return feasible(site) if isinstance(site["fn"], dist.ImproperUniform) else init(site)
 
 
 INIT_STRATEGIES = {
     "uniform": init_to_uniform,
-    "median": flat_at_feasible(partial(autoguide.init_to_median, fallback=feasible)),
-    "mean": flat_at_feasible(partial(autoguide.init_to_mean, fallback=feasible)),
+    "median": partial(flat_at_feasible, partial(autoguide.init_to_median, fallback=feasible)),
+    "mean": partial(flat_at_feasible, partial(autoguide.init_to_mean, fallback=feasible)),
     "sample": autoguide.init_to_sample,
     "feasible": autoguide.init_to_feasible,
 }
