@@ -48,16 +48,18 @@ def posteriordb_dir(name: str) -> pathlib.Path:
     return path
 
 
-# The ARM regressions (zoo.models.arm) are 25 variants of one model: the registry-wide fits use
-# one of them (the fast suite's budget); each variant's density has its own test.
-ARM_REPRESENTATIVE = "log10earn_height"
+# Families of posteriordb ports are represented by one model each in the registry-wide fits
+# (the fast suite's budget: the HMM drive models take ~30 s a smoke fit); every model's density
+# has its own test, and the slow suite fits each at its defaults against its reference.
+REPRESENTATIVES = {"arm": "log10earn_height", "hmm": "hmm_example"}
 
 
 def fit_models() -> list[str]:
-    """Registered models for the registry-wide fitting tests: all but the ARM variants' repeats."""
+    """Registered models for the registry-wide fitting tests: one per posteriordb family."""
     from zoo.registry import get_model, list_models
 
-    return [n for n in list_models() if get_model(n).family != "arm" or n == ARM_REPRESENTATIVE]
+    return [n for n in list_models()
+            if REPRESENTATIVES.get(get_model(n).family, n) == n]
 
 
 def default_data(name: str) -> dict:
